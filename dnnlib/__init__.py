@@ -1,0 +1,3 @@
+"""Small utilities shared by every part of the project (EDM's `dnnlib`, reimplemented)."""
+
+from .util import EasyDict, UserError, make_cache_dir_path

@@ -1,0 +1,1 @@
+"""PyTorch helpers: persistence (EDM pickle format), misc, distributed context, training stats."""
