@@ -1,0 +1,70 @@
+"""Export the fixed noisy training set S_tn (x_tn in [-1, 1] scale, float32) as .npz plus a PNG preview grid."""
+
+import io
+import os
+
+import click
+import numpy as np
+import PIL.Image
+
+import dnnlib
+from ambient.dataset import NoisyCopyDataset
+
+
+def export_noisy(data, sigma_tn, seed, dest, max_images=None, grid=64):
+    """Write S_tn of dataset `data` to dest/noisy-tn{sigma_tn}-seed{seed}.npz and .png; returns the two paths."""
+    dataset = NoisyCopyDataset(dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True),
+                               sigma_tn=sigma_tn, noise_seed=seed)
+    count = len(dataset) if max_images is None else min(len(dataset), max_images)
+    x_tn = np.empty([count] + list(dataset.image_shape), dtype=np.float32)
+    raw_idx = np.empty([count], dtype=np.int64)
+    for i in range(count):
+        x_tn[i] = dataset.noisy_image(i)
+        raw_idx[i] = dataset.get_raw_index(i)
+    arrays = dict(x_tn=x_tn, raw_idx=raw_idx, sigma_tn=np.float64(sigma_tn), noise_seed=np.int64(seed))
+    if dataset.has_labels:
+        arrays['labels'] = np.stack([dataset.get_details(i).raw_label for i in range(count)])
+    dataset.close()
+
+    os.makedirs(dest, exist_ok=True)
+    stem = os.path.join(dest, f'noisy-tn{sigma_tn:g}-seed{seed}')
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    dnnlib.util.atomic_write_bytes(stem + '.npz', buf.getvalue())
+    buf = io.BytesIO()
+    preview_grid(x_tn[:grid]).save(buf, format='PNG')
+    dnnlib.util.atomic_write_bytes(stem + '.png', buf.getvalue())
+    return stem + '.npz', stem + '.png'
+
+
+def preview_grid(images):
+    """A near-square PIL grid of float images [N, C, H, W] in [-1, 1] (clipped)."""
+    n, c, h, w = images.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = (n - 1) // cols + 1
+    pixels = np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+    grid = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = pixels[i].transpose(1, 2, 0)
+    return PIL.Image.fromarray(grid[:, :, 0], 'L') if c == 1 else PIL.Image.fromarray(grid, 'RGB')
+
+
+@click.command()
+@click.option('--data', help='Dataset folder or zip', metavar='PATH|ZIP', type=str, required=True)
+@click.option('--sigma_tn', help='Noise level of the fixed noisy copy', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--seed', help='Noise seed (train.py --noise_seed)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--dest', help='Output folder', metavar='DIR', type=str, required=True)
+@click.option('--max_images', help='Export only the first N images', metavar='INT', type=click.IntRange(min=1))
+def main(data, sigma_tn, seed, dest, max_images):
+    """Write the noisy training set S_tn that `train.py --loss=ambient` trains on.
+
+    \b
+    python -m ambient.export_noisy --data=datasets/cifar10-32x32.zip --sigma_tn=1.0 --seed=0 --dest=out
+    """
+    npz, png = export_noisy(data, sigma_tn, seed, dest, max_images=max_images)
+    click.echo(f'Wrote {npz} and {png}')
+
+
+if __name__ == '__main__':
+    main()
