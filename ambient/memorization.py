@@ -1,0 +1,466 @@
+"""Memorization metrics: each generated image's nearest training images in a detector's feature space."""
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+
+import click
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import torch
+
+import dnnlib
+from ambient import nn_search
+from torch_utils import distributed as dist
+from training.dataset import ImageFolderDataset
+from training.detectors import load_detector
+
+THRESHOLDS = (0.85, 0.875, 0.9, 0.925, 0.95) # The paper's Table 1.
+RATIO_THRESHOLD = 1 / 3                        # Carlini et al. 2023: nearest < 1/3 of the second-nearest.
+DINOV2_ARCHS = ('vitg14', 'vitl14')
+GRID_PAIRS = 16
+
+#----------------------------------------------------------------------------
+# Inputs.
+
+def load_images(path):
+    """All images of a folder or zip as a uint8 NCHW tensor, with their file names (sorted as the dataset)."""
+    dataset = ImageFolderDataset(path, use_labels=False, xflip=False)
+    images = np.stack([dataset[i][0] for i in range(len(dataset))])
+    raw = [dataset.get_raw_index(i) for i in range(len(dataset))]
+    names = [dataset._image_fnames[r] for r in raw] # pylint: disable=protected-access
+    dataset.close()
+    return torch.from_numpy(images), names, np.asarray(raw, dtype=np.int64)
+
+
+def content_hash(images, raw_indices):
+    """SHA-256 of a dataset's decoded pixels, shape and raw indices: the training-feature cache key."""
+    h = hashlib.sha256()
+    h.update(json.dumps(list(images.shape)).encode())
+    h.update(np.ascontiguousarray(raw_indices, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(images.numpy()))
+    return h.hexdigest()
+
+
+def parse_thresholds(text):
+    """'0.85,0.9' -> (0.85, 0.9); every threshold must be a cosine similarity in [-1, 1]."""
+    try:
+        values = tuple(float(x) for x in str(text).split(',') if x.strip())
+    except ValueError:
+        raise dnnlib.util.UserError(f'--thresholds must be comma-separated numbers, got {text!r}') from None
+    return check_thresholds(values)
+
+
+def check_thresholds(values):
+    """Validate similarity thresholds."""
+    values = tuple(float(v) for v in values)
+    if not values:
+        raise dnnlib.util.UserError('Give at least one similarity threshold')
+    bad = [v for v in values if not -1 <= v <= 1]
+    if bad:
+        raise dnnlib.util.UserError(f'Similarity thresholds must lie in [-1, 1], got {bad[0]}')
+    return values
+
+
+def match_shape(images, shape, resize, what):
+    """Samples brought to the training images' CHW shape: refused unless resize is allowed (spatial only)."""
+    c, h, w = images.shape[1:]
+    if c != shape[0]:
+        raise dnnlib.util.UserError(f'{what} have {c} channel(s) but the training images have {shape[0]}; '
+                                    f'convert one of them so that they match')
+    if (h, w) == tuple(shape[1:]):
+        return images, None
+    if not resize:
+        raise dnnlib.util.UserError(f'{what} are {w}x{h} but the training images are {shape[2]}x{shape[1]}; '
+                                    f'pass --resize to resize the samples to the training resolution')
+    x = torch.nn.functional.interpolate(images.to(torch.float32), size=tuple(shape[1:]), mode='bicubic', antialias=True)
+    resized = x.round().clamp(0, 255).to(torch.uint8)
+    return resized, dict(source=[int(h), int(w)], target=[int(shape[1]), int(shape[2])], mode='bicubic-antialias')
+
+#----------------------------------------------------------------------------
+# Detector and features.
+
+def make_detector(name, path=None, device='cpu', arch=None, preprocess=None):
+    """Load a detector by name; arch/preprocess only apply to dinov2."""
+    if name != 'dinov2':
+        if arch is not None or preprocess is not None:
+            raise dnnlib.util.UserError('--arch and --preprocess apply only to --detector=dinov2')
+        opts = {}
+    else:
+        arch = arch or 'vitg14'
+        if arch not in DINOV2_ARCHS:
+            raise dnnlib.util.UserError(f'Unknown DINOv2 arch {arch!r}; choose {"|".join(DINOV2_ARCHS)}')
+        opts = dict(arch=f'dinov2_{arch}', preprocess=preprocess or 'ambient')
+        if path is None:
+            _require_hub_cache(opts['arch'])
+    try:
+        return load_detector(name, path=path, device=device, **opts)
+    except dnnlib.util.UserError as e:
+        # The registry names fid.py's option; this CLI takes the weights through --detector-path.
+        raise dnnlib.util.UserError(e.message.replace('--detector=', '--detector-path=')) from None
+
+
+def _require_hub_cache(arch):
+    """Refuse at once, instead of letting torch.hub try the network, when DINOv2 is not in the hub cache."""
+    hub = torch.hub.get_dir()
+    repo = os.path.join(hub, 'facebookresearch_dinov2_main')
+    weights = os.path.join(hub, 'checkpoints', f'{arch}_pretrain.pth')
+    if not (os.path.isdir(repo) and os.path.isfile(weights)):
+        raise dnnlib.util.UserError(
+            f'DINOv2 {arch} is not in the torch hub cache ({hub}); pass --detector-path=DIR (a local clone of facebookresearch/'
+            f'dinov2 holding the weights) or FILE (a {arch}_pretrain.pth state dict, with the repo in that cache), or prefill the cache online with '
+            f'python -c "import torch; torch.hub.load(\'facebookresearch/dinov2\', \'{arch}\')"')
+
+
+def detector_info(detector, arch=None):
+    """JSON description of a detector (name, preprocessing, DINOv2 arch, feature width)."""
+    if detector.name == 'dinov2':
+        dim = getattr(detector, 'feature_dim', None)
+        arch = arch or getattr(detector, 'arch', None) or {1536: 'vitg14', 1024: 'vitl14'}.get(dim, f'dim{dim}')
+    return dict(name=str(detector.name), preprocess=str(getattr(detector, 'preprocess', '')),
+                arch=arch, feature_dim=getattr(detector, 'feature_dim', None))
+
+
+def _shard(n):
+    """Indices of this rank's strided share of n items."""
+    return torch.arange(dist.get_rank(), n, dist.get_world_size())
+
+
+def gather_strided(local, n):
+    """Reassemble per-rank strided shares (rank r holds items r, r+W, ...) into the full [n, ...] tensor."""
+    world = dist.get_world_size()
+    if world == 1:
+        return local
+    per = math.ceil(n / world)
+    device = dist.get_sync_device()
+    padded = torch.zeros([per, *local.shape[1:]], dtype=local.dtype, device=device)
+    padded[: local.shape[0]] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    out = torch.empty([n, *local.shape[1:]], dtype=local.dtype)
+    for rank, part in enumerate(parts):
+        count = len(range(rank, n, world))
+        out[rank::world] = part[:count].cpu()
+    return out
+
+
+@torch.no_grad()
+def featurize(detector, images, batch=64):
+    """Detector features of uint8 NCHW images, float32 [N, D] on the CPU, computed in batches."""
+    feats = [detector(images[i : i + batch]).to(torch.float32).cpu() for i in range(0, images.shape[0], batch)]
+    if not feats:
+        return torch.zeros([0, 0])
+    return torch.cat(feats)
+
+
+def featurize_distributed(detector, images, batch=64):
+    """Features of all images, each rank computing its strided share."""
+    idx = _shard(images.shape[0])
+    local = featurize(detector, images[idx], batch)
+    if dist.get_world_size() > 1:
+        # Ranks with an empty share still need the feature width to join the gather.
+        dim = torch.tensor([local.shape[1] if local.numel() else 0], device=dist.get_sync_device())
+        torch.distributed.all_reduce(dim, op=torch.distributed.ReduceOp.MAX)
+        if local.numel() == 0:
+            local = torch.zeros([0, int(dim)])
+    return gather_strided(local, images.shape[0])
+
+
+def train_features(detector, images, raw_indices, cache_dir, arch=None, batch=64, verbose=True):
+    """Detector features of the training images, read from / written to an on-disk cache keyed by content."""
+    info = detector_info(detector, arch)
+    # The pixel detector learns its width on first use, so the width is checked on load, not hashed.
+    key = hashlib.sha256(json.dumps([content_hash(images, raw_indices), info['name'], info['preprocess'],
+                                     info['arch']]).encode()).hexdigest()[:32]
+    path = os.path.join(cache_dir, f'train-{info["name"]}-{key}.npy')
+    if os.path.isfile(path):
+        feats = np.load(path)
+        if feats.shape[0] == images.shape[0] and info['feature_dim'] in (None, feats.shape[1]):
+            if verbose:
+                dist.print0(f'Training features from cache {path}')
+            return torch.from_numpy(feats)
+    if verbose:
+        dist.print0(f'Computing {info["name"]} features of {images.shape[0]} training images...')
+    feats = featurize_distributed(detector, images, batch)
+    if dist.get_rank() == 0:
+        os.makedirs(cache_dir, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, feats.numpy())
+        dnnlib.util.atomic_write_bytes(path, buf.getvalue())
+    return feats
+
+#----------------------------------------------------------------------------
+# Search and summary.
+
+def _top2(search, queries, keys, fill, chunk):
+    """search()'s top-2, padded with (fill, -1) where there are fewer than two keys; empty without queries."""
+    if queries.shape[0] == 0:
+        return torch.zeros([0, 2]), torch.zeros([0, 2], dtype=torch.int64)
+    v, i = search(queries, keys, k=2, chunk=chunk)
+    if v.shape[1] < 2:
+        v = torch.cat([v, torch.full_like(v, fill)], dim=1)
+        i = torch.cat([i, torch.full_like(i, -1)], dim=1)
+    return v.cpu(), i.cpu()
+
+
+def nearest_neighbors(detector, images, train_feats, train_pixels, batch=64, chunk=nn_search.DEFAULT_CHUNK):
+    """Per sample: top-2 cosine neighbours in feature space and the pixel-space L2 ratio (nearest / second)."""
+    device = dist.get_device()
+    local = images[_shard(images.shape[0])]
+    feats = featurize(detector, local, batch).to(device)
+    sims, nn = _top2(nn_search.cosine_topk, feats, train_feats.to(device), -1.0, chunk)
+    # Pixel L2 on uint8 values, rescaled afterwards: the ratio does not depend on the map to [-1, 1].
+    dists, l2nn = _top2(nn_search.l2_topk, local.flatten(1).to(device, torch.float32), train_pixels, torch.inf, chunk)
+    dists = dists / 127.5
+    # 0/0 (a sample equal to two identical training images) counts as a copy; without a second image the
+    # ratio is undefined (NaN, never counted).
+    ratio = torch.where(dists[:, 1] > 0, dists[:, 0] / dists[:, 1], torch.zeros_like(dists[:, 0]))
+    ratio = torch.where(dists[:, 1].isinf(), torch.nan, ratio)
+    n = images.shape[0]
+    return dict(similarity=gather_strided(sims, n), index=gather_strided(nn, n), distance=gather_strided(dists, n),
+                l2_index=gather_strided(l2nn, n), ratio=gather_strided(ratio, n))
+
+
+def summarize(similarity, ratio, thresholds):
+    """Scalar metrics of top-1 similarities and L2 ratios."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    ratio = np.asarray(ratio, dtype=np.float64)
+    return dict(
+        num_samples=int(similarity.size),
+        fraction_above={f'{t:g}': float(np.mean(similarity > t)) for t in thresholds},
+        similarity_mean=float(similarity.mean()),
+        similarity_p95=float(np.percentile(similarity, 95)),
+        similarity_max=float(similarity.max()),
+        ratio_threshold=RATIO_THRESHOLD,
+        ratio_fraction=float(np.mean(ratio < RATIO_THRESHOLD)),
+    )
+
+
+def _raw(raw_indices, positions):
+    """Map dataset positions to raw training indices (-1 stays -1)."""
+    positions = np.asarray(positions)
+    return np.where(positions >= 0, raw_indices[np.clip(positions, 0, None)], -1)
+
+
+def _evaluate(detector, images, train, thresholds, batch, chunk):
+    """Match one image set against the training set: per-sample arrays and summary metrics."""
+    nn = nearest_neighbors(detector, images, train.features, train.pixels, batch=batch, chunk=chunk)
+    samples = dnnlib.EasyDict(
+        nearest=_raw(train.raw, nn['index'][:, 0].numpy()), similarity=nn['similarity'][:, 0].numpy(),
+        second=_raw(train.raw, nn['index'][:, 1].numpy()), second_similarity=nn['similarity'][:, 1].numpy(),
+        l2_nearest=_raw(train.raw, nn['l2_index'][:, 0].numpy()), l2_distance=nn['distance'][:, 0].numpy(),
+        ratio=nn['ratio'].numpy(), position=nn['index'][:, 0].numpy())
+    return samples, summarize(samples.similarity, samples.ratio, thresholds)
+
+
+def _as_images(images, what):
+    """A non-empty uint8 NCHW tensor, or UserError."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise dnnlib.util.UserError(f'{what} must be uint8 NCHW, got {images.dtype} of shape {list(images.shape)}')
+    if images.shape[0] == 0:
+        raise dnnlib.util.UserError(f'No {what.lower()} to evaluate')
+    return images
+
+
+def _load_detector_once(detector, detector_path, arch, preprocess):
+    """Load a detector by name on every rank, rank 0 first so that a download or cache fill happens once."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world > 1 and rank != 0:
+        dist.barrier()
+    detector = make_detector(detector, path=detector_path, device=dist.get_device(), arch=arch, preprocess=preprocess)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    return detector
+
+
+def compute_memorization(images, train_dataset_path, detector='dinov2', detector_path=None, arch=None,
+                         preprocess=None, thresholds=THRESHOLDS, reference=None, batch=64,
+                         chunk=nn_search.DEFAULT_CHUNK, cache_dir=None, resize=False, verbose=True):
+    """Memorization metrics of uint8 NCHW samples against a training set (folder or zip).
+
+    `detector` is a name (pixel|inception|dinov2) or a loaded detector object; `reference` optional held-out
+    real images (uint8 NCHW tensor or folder/zip path) measured the same way as a no-memorization baseline.
+    Returns EasyDict(metrics=JSON-able dict, samples=per-sample arrays, reference_samples=..., images=...,
+    train_images=...). Under torchrun every rank calls it; each rank featurises a strided share.
+    """
+    thresholds = check_thresholds(thresholds)
+    images = _as_images(images, 'Generated images')
+    if verbose:
+        dist.print0(f'Loading training set {train_dataset_path}...')
+    train_images, _, raw = load_images(train_dataset_path)
+    images, resized = match_shape(images, train_images.shape[1:], resize, 'Generated images')
+    ref_images = None
+    if reference is not None:
+        ref_images = load_images(reference)[0] if isinstance(reference, (str, os.PathLike)) else reference
+        ref_images, _ = match_shape(_as_images(ref_images, 'Reference images'), train_images.shape[1:], resize, 'Reference images')
+    if isinstance(detector, str):
+        detector = _load_detector_once(detector, detector_path, arch, preprocess)
+
+    cache_dir = cache_dir or dnnlib.make_cache_dir_path('memorization')
+    train = dnnlib.EasyDict(images=train_images, raw=raw, pixels=train_images.flatten(1),
+                            features=train_features(detector, train_images, raw, cache_dir, arch, batch, verbose))
+    if verbose:
+        dist.print0(f'Searching nearest neighbours of {images.shape[0]} samples...')
+    samples, summary = _evaluate(detector, images, train, thresholds, batch, chunk)
+    metrics = dict(num_samples=summary.pop('num_samples'), num_train=int(train_images.shape[0]),
+                   data=str(train_dataset_path),
+                   detector=detector_info(detector, arch),
+                   resize=resized, thresholds=list(thresholds), **summary,
+                   ratio_space='pixel L2, images scaled to [-1, 1]')
+    result = dnnlib.EasyDict(metrics=metrics, samples=samples, images=images, train_images=train_images,
+                             reference_samples=None)
+    if ref_images is not None:
+        result.reference_samples, metrics['reference'] = _evaluate(detector, ref_images, train, thresholds, batch, chunk)
+        if isinstance(reference, (str, os.PathLike)):
+            metrics['reference']['path'] = str(reference)
+    return result
+
+#----------------------------------------------------------------------------
+# Outputs.
+
+def nearest_grid(samples, train_images, sample_ids, train_ids, labels=None, columns=4, min_size=64):
+    """RGB uint8 HWC grid: each generated sample beside its nearest training image, labelled above.
+
+    Returns (grid, boxes): boxes[i] = ((y, x) of the sample, (y, x) of the training image, cell size).
+    """
+    c, h, w = samples.shape[1:]
+    scale = max(1, math.ceil(min_size / max(h, w)))
+    ch, cw = h * scale, w * scale
+    label_h, gap, pad = 12, 2, 6
+    pair_w = 2 * cw + gap
+    rows = max(1, math.ceil(len(sample_ids) / columns))
+    cols = min(columns, max(1, len(sample_ids)))
+    grid = PIL.Image.new('RGB', (cols * (pair_w + pad) + pad, rows * (label_h + ch + pad) + pad), (255, 255, 255))
+    draw = PIL.ImageDraw.Draw(grid)
+
+    def to_pil(img):
+        arr = img.permute(1, 2, 0).numpy()
+        arr = np.repeat(arr, 3, axis=2) if c == 1 else arr[:, :, :3]
+        return PIL.Image.fromarray(arr).resize((cw, ch), PIL.Image.NEAREST)
+
+    boxes = []
+    for k, (s, t) in enumerate(zip(sample_ids, train_ids)):
+        y = pad + (k // columns) * (label_h + ch + pad)
+        x = pad + (k % columns) * (pair_w + pad)
+        if labels is not None:
+            draw.text((x, y), labels[k], fill=(0, 0, 0))
+        grid.paste(to_pil(samples[s]), (x, y + label_h))
+        grid.paste(to_pil(train_images[t]), (x + cw + gap, y + label_h))
+        boxes.append(((y + label_h, x), (y + label_h, x + cw + gap), (ch, cw)))
+    return np.asarray(grid), boxes
+
+
+def _histogram_png(similarity, reference, thresholds):
+    """PNG bytes: histogram of top-1 similarities, with the held-out reference when given."""
+    from matplotlib.figure import Figure # pylint: disable=import-outside-toplevel
+    values = [similarity] + ([reference] if reference is not None else [])
+    lo = min(float(np.min(v)) for v in values)
+    bins = np.linspace(min(lo, min(thresholds)) - 1e-3, 1 + 1e-3, 51)
+    fig = Figure(figsize=(6, 4), dpi=100) # No pyplot: no global backend or figure registry involved.
+    ax = fig.subplots()
+    ax.hist(similarity, bins=bins, alpha=0.6, density=True, label=f'generated (n={len(similarity)})')
+    if reference is not None:
+        ax.hist(reference, bins=bins, alpha=0.6, density=True, label=f'held-out real (n={len(reference)})')
+    for t in thresholds:
+        ax.axvline(t, color='k', lw=0.6, ls='--')
+    ax.set_xlabel('cosine similarity to nearest training image')
+    ax.set_ylabel('density')
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+    return buf.getvalue()
+
+
+def _png_bytes(array):
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format='png')
+    return buf.getvalue()
+
+
+def _csv_bytes(names, samples):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator='\n')
+    writer.writerow(['file', 'nearest', 'similarity', 'second', 'second_similarity', 'l2_nearest', 'l2_distance', 'ratio'])
+    for i, name in enumerate(names):
+        writer.writerow([name, int(samples.nearest[i]), f'{samples.similarity[i]:.6f}', int(samples.second[i]),
+                         f'{samples.second_similarity[i]:.6f}', int(samples.l2_nearest[i]),
+                         f'{samples.l2_distance[i]:.6f}', f'{samples.ratio[i]:.6f}'])
+    return buf.getvalue().encode()
+
+
+def write_outputs(dest, result, names, grid_pairs=GRID_PAIRS):
+    """metrics.json, neighbors.csv, histogram.png and nearest.png in dest, each written atomically."""
+    os.makedirs(dest, exist_ok=True)
+    s = result.samples
+    top = np.argsort(-s.similarity, kind='stable')[:grid_pairs]
+    labels = [f'{s.similarity[i]:.3f} #{s.nearest[i]}' for i in top]
+    grid, _ = nearest_grid(result.images, result.train_images, top, s.position[top], labels)
+    ref = result.reference_samples.similarity if result.reference_samples is not None else None
+    outputs = {
+        'neighbors.csv': _csv_bytes(names, s),
+        'histogram.png': _histogram_png(s.similarity, ref, result.metrics['thresholds']),
+        'nearest.png': _png_bytes(grid),
+        'metrics.json': (json.dumps(result.metrics, indent=2) + '\n').encode(), # Last: its presence marks a finished run.
+    }
+    for fname, data in outputs.items():
+        dnnlib.util.atomic_write_bytes(os.path.join(dest, fname), data)
+
+#----------------------------------------------------------------------------
+# CLI.
+
+@click.group()
+def cli():
+    """Memorization metrics of generated images against their training set."""
+
+
+@cli.command()
+@click.option('--images', help='Generated images', metavar='DIR|ZIP', type=str, required=True)
+@click.option('--data', help='Training set', metavar='ZIP|DIR', type=str, required=True)
+@click.option('--detector', help='Feature space', type=click.Choice(['dinov2', 'inception', 'pixel']), default='dinov2', show_default=True)
+@click.option('--detector-path', help='Local detector weights instead of the download', metavar='PATH', type=str)
+@click.option('--arch', help='DINOv2 backbone  [default: vitg14]', type=click.Choice(DINOV2_ARCHS))
+@click.option('--preprocess', help='DINOv2 preprocessing  [default: ambient]', type=click.Choice(['ambient', 'standard']))
+@click.option('--dest', help='Output directory', metavar='DIR', type=str, required=True)
+@click.option('--thresholds', help='Similarity thresholds', metavar='LIST', type=str, default=','.join(f'{t:g}' for t in THRESHOLDS), show_default=True)
+@click.option('--reference', help='Held-out real images (no-memorization baseline)', metavar='DIR|ZIP', type=str)
+@click.option('--batch', help='Detector batch size per rank', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--chunk', help='Rows per block of the neighbour search', metavar='INT', type=click.IntRange(min=1), default=nn_search.DEFAULT_CHUNK, show_default=True)
+@click.option('--cache-dir', help='Training-feature cache  [default: dnnlib cache]', metavar='DIR', type=str)
+@click.option('--resize', help='Resize samples to the training resolution', is_flag=True)
+def calc(images, data, detector, detector_path, arch, preprocess, dest, thresholds, reference, batch, chunk, cache_dir, resize):
+    """Nearest training images of generated images; writes metrics.json, neighbors.csv, histogram.png, nearest.png.
+
+    \b
+    # One GPU, DINOv2 ViT-g/14 as in the paper
+    python -m ambient.memorization calc --images=out --data=datasets/cifar10-32x32.zip --dest=mem
+    \b
+    # Several GPUs, with a held-out baseline
+    torchrun --standalone --nproc_per_node=2 -m ambient.memorization calc --images=out \\
+        --data=train.zip --reference=heldout.zip --dest=mem
+    """
+    dist.init()
+    thresholds = parse_thresholds(thresholds)
+    dist.print0(f'Loading generated images {images}...')
+    sample_images, names, _ = load_images(images)
+    result = compute_memorization(sample_images, data, detector=detector, detector_path=detector_path, arch=arch,
+                                  preprocess=preprocess, thresholds=thresholds, reference=reference, batch=batch,
+                                  chunk=chunk, cache_dir=cache_dir, resize=resize)
+    result.metrics['images'] = images
+    if dist.get_rank() == 0:
+        write_outputs(dest, result, names)
+        m = result.metrics
+        above = ', '.join(f'>{t}: {v:.4f}' for t, v in m['fraction_above'].items())
+        print(f'{m["num_samples"]} samples vs {m["num_train"]} training images; similarity mean {m["similarity_mean"]:.4f}; '
+              f'{above}; ratio<1/3: {m["ratio_fraction"]:.4f}')
+        print(f'Wrote {dest}')
+    dist.shutdown()
+
+
+if __name__ == '__main__':
+    cli() # pylint: disable=no-value-for-parameter

@@ -1,0 +1,82 @@
+"""Tests for ambient.nn_search: the chunked exact search agrees with brute force."""
+
+import pytest
+import torch
+
+from ambient import nn_search
+
+
+def _random(n, m, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn([n, d], generator=g), torch.randn([m, d], generator=g)
+
+
+def _brute_cosine(q, keys, k):
+    q = q / q.norm(dim=1, keepdim=True)
+    keys = keys / keys.norm(dim=1, keepdim=True)
+    return (q @ keys.T).topk(k, dim=1)
+
+
+def _brute_l2(q, keys, k):
+    d = torch.cdist(q.double(), keys.double())
+    v, i = d.topk(k, dim=1, largest=False)
+    return v.float(), i
+
+
+@pytest.mark.parametrize('chunk', [1, 7, 10_000])
+def test_cosine_topk_matches_brute_force(chunk):
+    q, keys = _random(23, 41, 16)
+    v, i = nn_search.cosine_topk(q, keys, k=2, chunk=chunk, backend='torch')
+    bv, bi = _brute_cosine(q, keys, 2)
+    assert torch.equal(i, bi)
+    torch.testing.assert_close(v, bv, atol=1e-6, rtol=0)
+    assert (v[:, 0] >= v[:, 1]).all()
+
+
+@pytest.mark.parametrize('chunk', [1, 7, 10_000])
+def test_l2_topk_matches_brute_force(chunk):
+    q, keys = _random(23, 41, 16, seed=1)
+    v, i = nn_search.l2_topk(q, keys, k=2, chunk=chunk, backend='torch')
+    bv, bi = _brute_l2(q, keys, 2)
+    assert torch.equal(i, bi)
+    torch.testing.assert_close(v, bv, atol=1e-5, rtol=1e-5)
+
+
+def test_l2_exact_copy_has_zero_distance():
+    # Large-magnitude pixel-like vectors: the expanded |q|^2 - 2qk + |k|^2 form alone would not give 0.
+    g = torch.Generator().manual_seed(2)
+    keys = torch.randint(0, 256, [50, 3072], generator=g).to(torch.uint8)
+    q = keys[[3, 17, 42]].float()
+    d, i = nn_search.l2_topk(q, keys, k=2, chunk=16)
+    assert i[:, 0].tolist() == [3, 17, 42]
+    assert (d[:, 0] == 0).all() and (d[:, 1] > 1000).all()
+
+
+def test_cosine_self_similarity_is_one():
+    _, keys = _random(5, 30, 64, seed=3)
+    v, i = nn_search.cosine_topk(keys[[4, 9]], keys, k=2, chunk=7)
+    assert i[:, 0].tolist() == [4, 9]
+    torch.testing.assert_close(v[:, 0], torch.ones(2), atol=1e-6, rtol=0)
+    assert (v <= 1).all()
+
+
+def test_k_larger_than_keys_and_bad_shapes():
+    q, keys = _random(4, 1, 8, seed=4)
+    v, i = nn_search.cosine_topk(q, keys, k=2)
+    assert v.shape == (4, 1) and (i == 0).all()
+    with pytest.raises(ValueError):
+        nn_search.cosine_topk(q, torch.zeros([3, 9]))
+    with pytest.raises(ValueError):
+        nn_search.l2_topk(q, torch.zeros([0, 8]))
+    with pytest.raises(ValueError):
+        nn_search.cosine_topk(q, keys, backend='nope')
+
+
+def test_faiss_backend_matches_torch():
+    pytest.importorskip('faiss')
+    q, keys = _random(20, 300, 32, seed=5)
+    for fn in (nn_search.cosine_topk, nn_search.l2_topk):
+        tv, ti = fn(q, keys, k=2, backend='torch')
+        fv, fi = fn(q, keys, k=2, backend='faiss')
+        assert torch.equal(ti, fi)
+        torch.testing.assert_close(tv, fv, atol=1e-4, rtol=1e-4)
