@@ -1,0 +1,149 @@
+"""Generate images with EDM's samplers from a network snapshot (.pkl, .safetensors or URL); torchrun-aware."""
+
+import os
+
+import click
+import numpy as np
+import PIL.Image
+import torch
+import tqdm
+
+import dnnlib
+from torch_utils import distributed as dist
+from training import sampler
+from training.snapshot import load_network
+
+#----------------------------------------------------------------------------
+
+def rank_batches(seeds, max_batch_size, rank, world_size):
+    """EDM's split: equal batch counts per rank, batch b goes to rank b % world_size."""
+    num_batches = ((len(seeds) - 1) // (max_batch_size * world_size) + 1) * world_size
+    all_batches = torch.as_tensor(seeds, dtype=torch.int64).tensor_split(num_batches)
+    return [b.tolist() for b in all_batches[rank::world_size]]
+
+
+def image_path(outdir, seed, subdirs):
+    """Where the image of `seed` goes: outdir/SSSSSS.png, or outdir/TTT000/SSSSSS.png with subdirs."""
+    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
+    return os.path.join(folder, f'{seed:06d}.png')
+
+
+def save_png(image, path):
+    """Save one uint8 HWC array (grey as L, colour as RGB) through a temporary name."""
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    pil = PIL.Image.fromarray(image[:, :, 0], 'L') if image.shape[2] == 1 else PIL.Image.fromarray(image, 'RGB')
+    # The temporary name has no image extension, so a crash cannot leave a file that fid.py would count.
+    tmp = f'{path}.tmp-{os.getpid()}'
+    pil.save(tmp, format='PNG')
+    os.replace(tmp, path)
+
+
+def save_grid(paths, dest):
+    """Tile the given PNGs (same size) into one near-square grid PNG, row-major in the given order."""
+    images = [np.array(PIL.Image.open(p)) for p in paths]
+    images = [im[:, :, None] if im.ndim == 2 else im for im in images]
+    h, w, c = images[0].shape
+    cols = int(np.ceil(np.sqrt(len(images))))
+    rows = (len(images) - 1) // cols + 1
+    grid = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = im
+    save_png(grid, dest)
+
+#----------------------------------------------------------------------------
+
+def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batch_size=64, grid=None, device=None, **sampler_kwargs):
+    """Write one PNG per seed (this rank's share of the seeds); rank 0 also writes the grid."""
+    device = dist.get_device() if device is None else torch.device(device)
+
+    # Rank 0 first, so that a download lands in the cache once.
+    if dist.get_rank() != 0:
+        dist.barrier()
+    dist.print0(f'Loading network from "{network_pkl}"...')
+    try:
+        net = load_network(network_pkl, device=device, verbose=(dist.get_rank() == 0))
+    finally:
+        if dist.get_rank() == 0:
+            dist.barrier()
+    try:
+        sampler.check_class_idx(net, class_idx)
+    except ValueError as e:
+        raise dnnlib.util.UserError(f'--class: {e}') from None
+
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
+    batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
+    for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0)):
+        if not batch_seeds:
+            continue
+        images = sampler.sample_batch(net, batch_seeds, class_idx, device, **sampler_kwargs).numpy()
+        for seed, image in zip(batch_seeds, images):
+            save_png(image, image_path(outdir, seed, subdirs))
+
+    dist.barrier()
+    if grid is not None and dist.get_rank() == 0:
+        save_grid([image_path(outdir, s, subdirs) for s in seeds], grid)
+        dist.print0(f'Grid of {len(seeds)} images written to "{grid}".')
+    dist.print0('Done.')
+
+#----------------------------------------------------------------------------
+
+def _parse_seeds(ctx, param, value): # pylint: disable=unused-argument
+    seeds = dnnlib.util.parse_int_list(value)
+    if not seeds:
+        raise dnnlib.util.UserError('--seeds: empty seed list')
+    if len(set(seeds)) != len(seeds):
+        raise dnnlib.util.UserError('--seeds: the list repeats a seed')
+    return seeds
+
+
+@click.command()
+@click.option('--network', 'network_pkl',  help='Network pickle or .safetensors', metavar='PATH|URL',               type=str, required=True)
+@click.option('--outdir',                  help='Where to save the output images', metavar='DIR',                   type=str, required=True)
+@click.option('--seeds',                   help='Random seeds (e.g. 1,2,5-10)', metavar='LIST',                     type=str, default='0-63', show_default=True, callback=_parse_seeds)
+@click.option('--subdirs',                 help='Create subdirectory for every 1000 seeds',                         is_flag=True)
+@click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                    type=click.IntRange(min=0), default=None)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                                type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--grid',                    help='Also tile all images into this PNG (keep it out of --outdir)', metavar='PNG', type=str, default=None)
+
+@click.option('--steps', 'num_steps',      help='Number of sampling steps', metavar='INT',                          type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=click.FloatRange(min=0, min_open=True))
+@click.option('--sigma_max',               help='Highest noise level  [default: varies]', metavar='FLOAT',          type=click.FloatRange(min=0, min_open=True))
+@click.option('--rho',                     help='Time step exponent', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
+@click.option('--S_churn', 'S_churn',      help='Stochasticity strength', metavar='FLOAT',                          type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--S_min', 'S_min',          help='Stoch. min noise level', metavar='FLOAT',                          type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--S_max', 'S_max',          help='Stoch. max noise level', metavar='FLOAT',                          type=click.FloatRange(min=0), default='inf', show_default=True)
+@click.option('--S_noise', 'S_noise',      help='Stoch. noise inflation', metavar='FLOAT',                          type=float, default=1, show_default=True)
+
+@click.option('--solver',                  help='Ablate ODE solver', metavar='euler|heun',                          type=click.Choice(['euler', 'heun']))
+@click.option('--disc', 'discretization',  help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
+@click.option('--schedule',                help='Ablate noise schedule sigma(t)', metavar='vp|ve|linear',           type=click.Choice(['vp', 've', 'linear']))
+@click.option('--scaling',                 help='Ablate signal scaling s(t)', metavar='vp|none',                    type=click.Choice(['vp', 'none']))
+def main(**kwargs):
+    """Generate images with EDM's samplers, one PNG per seed.
+
+    The image of a seed depends only on the seed and the sampler options, never on --batch or the
+    number of processes.
+
+    Examples:
+
+    \b
+    # 64 images from a snapshot into out/*.png, plus a grid
+    python generate.py --outdir=out --seeds=0-63 --grid=grid.png \\
+        --network=training-runs/00000-run/network-snapshot-000100.safetensors
+
+    \b
+    # 1000 images on 2 processes (GPUs, or CPU with gloo)
+    torchrun --standalone --nproc_per_node=2 generate.py --outdir=out --seeds=0-999 --subdirs \\
+        --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
+    """
+    dist.init()
+    generate(**kwargs)
+    dist.shutdown() # Only on success: after an error the other ranks may never reach this barrier.
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main() # pylint: disable=no-value-for-parameter
+
+#----------------------------------------------------------------------------

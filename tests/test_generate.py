@@ -1,0 +1,120 @@
+"""Tests of generate.py: per-seed determinism (batch size, processes), file layout, grid, bad input."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import generate
+from training.snapshot import save_network_safetensors
+
+networks = pytest.importorskip('training.networks')
+
+SAMPLER_ARGS = ['--steps=4', '--S_churn=10', '--S_min=0.01', '--S_max=50']
+
+#----------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def net_files(tmp_path_factory):
+    """A tiny conditional grey 8x8 EDMPrecond (weights perturbed so every layer matters), as .pkl and .safetensors."""
+    root = tmp_path_factory.mktemp('nets')
+    torch.manual_seed(0)
+    net = networks.EDMPrecond(img_resolution=8, img_channels=1, label_dim=3, model_type='SongUNet', model_channels=16,
+                              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    pkl = root / 'network-snapshot-000000.pkl'
+    pkl.write_bytes(pickle.dumps(dict(ema=net.eval())))
+    st = root / 'network-snapshot-000000.safetensors'
+    save_network_safetensors(net, str(st))
+    return dict(pkl=str(pkl), safetensors=str(st))
+
+
+def run_cli(args):
+    result = CliRunner().invoke(generate.main, args)
+    return result.exit_code, result.stdout + result.stderr
+
+
+def read_images(folder, seeds, subdirs=False):
+    return {s: np.array(PIL.Image.open(generate.image_path(str(folder), s, subdirs))) for s in seeds}
+
+#----------------------------------------------------------------------------
+
+def test_images_depend_only_on_seed(net_files, tmp_path):
+    outs = {}
+    for batch in (8, 3):
+        out = tmp_path / f'b{batch}'
+        code, text = run_cli([f'--network={net_files["pkl"]}', f'--outdir={out}', '--seeds=0-7', f'--batch={batch}'] + SAMPLER_ARGS)
+        assert code == 0, text
+        assert sorted(os.listdir(out)) == [f'{s:06d}.png' for s in range(8)]
+        outs[batch] = read_images(out, range(8))
+    for s in range(8):
+        assert PIL.Image.open(generate.image_path(str(tmp_path / 'b3'), s, False)).mode == 'L'
+        assert np.array_equal(outs[8][s], outs[3][s])
+    assert len({outs[8][s].tobytes() for s in range(8)}) == 8
+    # A subset in another order, from the safetensors snapshot, gives the same images.
+    out = tmp_path / 'subset'
+    code, text = run_cli([f'--network={net_files["safetensors"]}', f'--outdir={out}', '--seeds=6,2,5', '--batch=2'] + SAMPLER_ARGS)
+    assert code == 0, text
+    for s, image in read_images(out, [6, 2, 5]).items():
+        assert np.array_equal(image, outs[8][s])
+
+
+def test_two_torchrun_processes_match_one(net_files, tmp_path):
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    common = [f'--network={net_files["pkl"]}', '--seeds=0-6', '--batch=2'] + SAMPLER_ARGS
+    assert run_cli(common + [f'--outdir={one}'])[0] == 0
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'generate.py', f'--outdir={two}'] + common
+    proc = subprocess.run(cmd, cwd=os.path.dirname(generate.__file__), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = read_images(one, range(7)), read_images(two, range(7))
+    assert all(np.array_equal(a[s], b[s]) for s in range(7))
+
+
+def test_class_subdirs_and_grid(net_files, tmp_path):
+    out, grid = tmp_path / 'out', tmp_path / 'grid.png'
+    code, text = run_cli([f'--network={net_files["pkl"]}', f'--outdir={out}', '--seeds=998-1002', '--subdirs', '--class=2',
+                          f'--grid={grid}', '--steps=3'])
+    assert code == 0, text
+    assert sorted(os.listdir(out)) == ['000000', '001000']
+    assert sorted(os.listdir(out / '001000')) == ['001000.png', '001001.png', '001002.png']
+    images = read_images(out, range(998, 1003), subdirs=True)
+    tiled = np.array(PIL.Image.open(grid))
+    assert tiled.shape == (2 * 8, 3 * 8) # 5 images: 3 columns, 2 rows
+    assert np.array_equal(tiled[8:16, 0:8], images[1001])
+    assert not tiled[8:16, 16:24].any() # the empty cell
+    # The fixed class changes what the seeds give.
+    code, _ = run_cli([f'--network={net_files["pkl"]}', f'--outdir={tmp_path / "c0"}', '--seeds=998-1002', '--subdirs', '--class=0', '--steps=3'])
+    assert code == 0
+    other = read_images(tmp_path / 'c0', range(998, 1003), subdirs=True)
+    assert any(not np.array_equal(images[s], other[s]) for s in images)
+
+#----------------------------------------------------------------------------
+
+@pytest.mark.parametrize('args,needle', [
+    (['--network={missing}'], 'No such file'),
+    (['--network={corrupt}'], 'Cannot unpickle'),
+    (['--network={pkl}', '--seeds=4-1'], 'range'),
+    (['--network={pkl}', '--seeds=a,b'], 'Invalid integer list'),
+    (['--network={pkl}', '--seeds=1,1'], 'repeats'),
+    (['--network={pkl}', '--class=3'], 'out of range'),
+])
+def test_bad_input_gives_one_error_line(net_files, tmp_path, args, needle):
+    (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04garbage')
+    names = dict(net_files, missing=str(tmp_path / 'absent.pkl'), corrupt=str(tmp_path / 'corrupt.pkl'))
+    out = tmp_path / 'out'
+    code, text = run_cli([a.format(**names) for a in args] + [f'--outdir={out}', '--steps=2'])
+    errors = [line for line in text.splitlines() if line.startswith('Error:')]
+    assert code == 1 and len(errors) == 1 and needle in errors[0], text
+    assert 'Traceback' not in text
+    assert not out.exists() or not os.listdir(out)
+
+#----------------------------------------------------------------------------
