@@ -1,0 +1,122 @@
+"""Pareto frontier of (quality distance, memorized fraction) points, and the sweep's plots."""
+
+import os
+
+import numpy as np
+
+#----------------------------------------------------------------------------
+
+def pareto_front(xs, ys):
+    """Indices of the points not dominated when minimising both x and y, ordered by increasing x.
+
+    A point is dominated when another is no worse in both coordinates and better in one. Of several
+    identical points only the first is kept; points with a NaN coordinate are never on the frontier.
+    """
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f'expected two equal-length 1-D sequences, got shapes {xs.shape} and {ys.shape}')
+    valid = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
+    # Sort by x, ties by y, then by position so that the first of identical points wins.
+    order = valid[np.lexsort((valid, ys[valid], xs[valid]))]
+    front = []
+    best_y = np.inf
+    for i in order:
+        if ys[i] < best_y:
+            front.append(int(i))
+            best_y = ys[i]
+    return front
+
+
+def frontier_steps(xs, ys, front):
+    """Staircase through the frontier points: the boundary of the region they dominate, as (x, y) arrays."""
+    px = [float(xs[i]) for i in front]
+    py = [float(ys[i]) for i in front]
+    sx, sy = [], []
+    for k, (x, y) in enumerate(zip(px, py)):
+        if k > 0:
+            sx.append(x)
+            sy.append(py[k - 1])
+        sx.append(x)
+        sy.append(y)
+    return np.array(sx), np.array(sy)
+
+#----------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    """Save a figure as PNG through a temporary file, so a reader never sees a half-written image."""
+    plt = _pyplot()
+    path = os.fspath(path)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _groups(rows, group_key, order_key):
+    """Rows split by group_key (sorted), each group ordered by order_key."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row[group_key], []).append(row)
+    return {g: sorted(groups[g], key=lambda r: r[order_key]) for g in sorted(groups)}
+
+
+def plot_pareto(rows, path, x_key, y_key, group_key='sigma_tn', order_key='kimg', x_label=None, y_label=None,
+                group_label=None, title=None):
+    """Scatter of (x, y) per row, one line per group along order_key, and the Pareto frontier of all points."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.get(x_key) is not None and r.get(y_key) is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for g, members in _groups(rows, group_key, order_key).items():
+        xs = [r[x_key] for r in members]
+        ys = [r[y_key] for r in members]
+        label = group_label(g) if group_label else f'{group_key}={g}'
+        line, = ax.plot(xs, ys, '-', alpha=0.5, linewidth=1)
+        ax.scatter(xs[:-1], ys[:-1], s=18, color=line.get_color())
+        # The last snapshot of each run is drawn larger, so the direction of training is visible.
+        ax.scatter(xs[-1:], ys[-1:], s=60, color=line.get_color(), edgecolors='black', label=label, zorder=3)
+    if rows:
+        xs = np.array([r[x_key] for r in rows], dtype=np.float64)
+        ys = np.array([r[y_key] for r in rows], dtype=np.float64)
+        front = pareto_front(xs, ys)
+        fx, fy = frontier_steps(xs, ys, front)
+        ax.plot(fx, fy, '--', color='black', linewidth=1.5, label='Pareto frontier', zorder=2)
+    ax.set_xlabel(x_label or x_key)
+    ax.set_ylabel(y_label or y_key)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_curves(rows, path, x_key, y_specs, group_key='sigma_tn', x_label=None, group_label=None, title=None,
+                baselines=None, baseline_label='reference'):
+    """One panel per (y_key, y_label) in y_specs: y against x_key, a line per group; baselines[y_key] as a dashed level."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(y_specs), figsize=(4.5 * len(y_specs), 3.8), squeeze=False)
+    groups = _groups(rows, group_key, x_key)
+    for ax, (y_key, y_label) in zip(axes[0], y_specs):
+        for g, members in groups.items():
+            pts = [(r[x_key], r[y_key]) for r in members if r.get(y_key) is not None]
+            if pts:
+                label = group_label(g) if group_label else f'{group_key}={g}'
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', markersize=3, label=label)
+        if baselines and baselines.get(y_key) is not None:
+            ax.axhline(baselines[y_key], color='gray', linestyle='--', linewidth=1, label=baseline_label)
+        ax.set_xlabel(x_label or x_key)
+        ax.set_ylabel(y_label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+#----------------------------------------------------------------------------
