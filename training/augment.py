@@ -128,7 +128,7 @@ def warp(images, G_inv):
     reach = reach.min(misc.constant([W - 1, H - 1] * 2, device=device))
     px0, py0, px1, py1 = reach.ceil().to(torch.int32).tolist()
     images = torch.nn.functional.pad(images, [px0, px1, py0, py1], mode='reflect')
-    G_inv = translate2d((px0 - px1) / 2, (py0 - py1) / 2) @ G_inv
+    G_inv = translate2d((px0 - px1) / 2, (py0 - py1) / 2, device=device) @ G_inv
 
     # 2x upsampling; pixel centres move, so conjugate G_inv with the scaling and the half-pixel shift.
     up_taps = np.ascontiguousarray(taps[None, None, ::-1])

@@ -530,7 +530,8 @@ def _prepare_inputs(net, x, sigma, class_labels, force_fp32):
 def _run_model(model, x_in, c_noise, class_labels, dtype, model_kwargs):
     """Evaluate the raw network F at the given dtype."""
     F_x = model(x_in.to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-    if F_x.dtype != dtype:
+    # Under autocast (e.g. train.py --bf16) the output dtype is autocast's choice, not ours.
+    if F_x.dtype != dtype and not torch.is_autocast_enabled(x_in.device.type):
         raise RuntimeError(f'Network returned {F_x.dtype}, expected {dtype}')
     return F_x
 

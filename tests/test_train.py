@@ -1,0 +1,174 @@
+"""Tests of train.py: a CPU run writing every artifact, exact resume through the CLI, and bad-input errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import train # pylint: disable=wrong-import-position
+from test_training_loop import make_image_zip # pylint: disable=wrong-import-position
+
+TINY = ['--arch=ddpmpp', '--cbase=16', '--cres=1', '--batch=8', '--tick=1', '--snap=1', '--dump=1', '--workers=1']
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    return dict(labelled=make_image_zip(root / 'tiny.zip'), unlabelled=make_image_zip(root / 'nolabels.zip', labels=False))
+
+def run_train(args, **popen):
+    """Start `python train.py args` with one CPU thread."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.Popen([sys.executable, str(REPO / 'train.py')] + args, env=env, cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+def finish(proc):
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+def final_state(run_dir):
+    from training import training_loop
+    return torch.load(training_loop.find_training_state(str(run_dir)), weights_only=True)
+
+def assert_same_training(a, b):
+    for part in ('net', 'ema'):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f'{part}.{key}'
+    assert a['cur_nimg'] == b['cur_nimg']
+
+#----------------------------------------------------------------------------
+
+def test_cli_run_writes_run_dir_and_resumes_exactly(data, tmp_path):
+    outdir = tmp_path / 'runs'
+    finish(run_train([f'--outdir={outdir}', f'--data={data["labelled"]}', '--iters=3'] + TINY))
+    first = outdir / '00000-tiny-uncond-ddpmpp-edm-gpus1-batch8-fp32'
+    names = set(os.listdir(first))
+    assert {'training_options.json', 'log.txt', 'stats.jsonl', 'network-snapshot-000000.pkl',
+            'network-snapshot-000000.safetensors', 'training-state-000000.pt'} <= names, names
+    options = json.loads((first / 'training_options.json').read_text())
+    assert options['total_iters'] == 3 and options['batch_size'] == 8 and options['run_dir'] == str(first)
+    assert options['optimizer_kwargs'] == dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8)
+    assert options['network_kwargs']['class_name'] == 'training.networks.EDMPrecond'
+    assert options['network_kwargs']['augment_dim'] == 9 and options['loss_kwargs'] == {'class_name': 'training.loss.EDMLoss'}
+    log = (first / 'log.txt').read_text()
+    assert 'tick 0 ' in log and 'Exiting...' in log
+    assert final_state(first)['cur_nimg'] == 24
+
+    # Resume from the run directory for two more steps, with the stored (random) seed; equals a straight 5-step run.
+    finish(run_train([f'--outdir={outdir}', f'--data={data["labelled"]}', '--iters=5', f'--resume={first}'] + TINY))
+    resumed = outdir / '00001-tiny-uncond-ddpmpp-edm-gpus1-batch8-fp32'
+    assert json.loads((resumed / 'training_options.json').read_text())['seed'] == options['seed']
+    finish(run_train([f'--outdir={outdir}', f'--data={data["labelled"]}', '--iters=5', f'--seed={options["seed"]}',
+                      '--desc=straight'] + TINY))
+    straight = outdir / '00002-tiny-uncond-ddpmpp-edm-gpus1-batch8-fp32-straight'
+    assert_same_training(final_state(resumed), final_state(straight))
+
+    # Changing the network (or the seed) of a resumed run is refused before anything is written.
+    result = CliRunner().invoke(train.main, [f'--outdir={outdir}', f'--data={data["labelled"]}', f'--resume={first}',
+                                             '--dropout=0.2'] + TINY)
+    assert result.exit_code == 1 and 'network_kwargs.dropout differs' in result.output
+    result = CliRunner().invoke(train.main, [f'--outdir={outdir}', f'--data={data["labelled"]}', f'--resume={first}',
+                                             f'--seed={options["seed"] + 1}'] + TINY)
+    assert result.exit_code == 1 and '--seed' in result.output
+    assert len(os.listdir(outdir)) == 3
+
+@pytest.mark.slow
+def test_cli_sigkill_at_a_random_moment_then_resume_is_exact(data, tmp_path):
+    # 1-kimg ticks (the CLI's smallest) and a dump every tick: dumps after 125, 250 and 375 steps.
+    args = [f'--data={data["labelled"]}', '--iters=400', '--seed=5'] + TINY
+    finish(run_train([f'--outdir={tmp_path / "straight"}'] + args))
+    killed = tmp_path / 'killed'
+    proc = run_train([f'--outdir={killed}'] + args)
+    deadline = time.time() + 120
+    while not list(killed.glob('*/training-state-*.pt')) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7) # Somewhere in the middle of the following steps.
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    run_dir = next(killed.iterdir())
+    assert final_state(run_dir)['cur_nimg'] < 400 * 8
+    finish(run_train([f'--outdir={killed}', f'--resume={run_dir}'] + args))
+    resumed = [d for d in killed.iterdir() if d != run_dir][0]
+    assert_same_training(final_state(resumed), final_state(next((tmp_path / 'straight').iterdir())))
+
+#----------------------------------------------------------------------------
+# Bad input: one `Error:` line, non-zero exit, nothing written.
+
+def _bad_cases(data, tmp_path):
+    not_a_zip = tmp_path / 'garbage.zip'
+    not_a_zip.write_text('not a zip')
+    a_file = tmp_path / 'afile'
+    a_file.write_text('x')
+    state_dir = tmp_path / 'nostate'
+    state_dir.mkdir()
+    good = f'--data={data["labelled"]}'
+    return {
+        'missing dataset': ([f'--data={tmp_path / "missing.zip"}'], 'not found'),
+        'corrupt dataset': ([f'--data={not_a_zip}'], 'Cannot open zip'),
+        'cond without labels': ([f'--data={data["unlabelled"]}', '--cond=1'], 'requires labels'),
+        'batch not divisible': ([good, '--batch=12', '--batch-gpu=8'], 'not divisible'),
+        'resume and transfer': ([good, f'--resume={state_dir}', f'--transfer={a_file}'], 'cannot be specified at the same time'),
+        'resume to nothing': ([good, f'--resume={tmp_path / "nowhere"}'], 'does not exist'),
+        'resume dir without state': ([good, f'--resume={state_dir}'], 'no training-state'),
+        'resume a non-state file': ([good, f'--resume={a_file}'], 'training-state'),
+        'uncreatable outdir': ([good, f'--outdir={a_file / "sub"}'], '--outdir'),
+        'family option with edm': ([good, '--sigma_tn=0.2'], 'requires --loss=ambient'),
+        'ambient without sigma_tn': ([good, '--loss=ambient'], 'sigma_tn'),
+        'bad betas': ([good, '--betas=0.9'], '--betas'),
+    }
+
+@pytest.mark.parametrize('case', ['missing dataset', 'corrupt dataset', 'cond without labels', 'batch not divisible',
+                                  'resume and transfer', 'resume to nothing', 'resume dir without state',
+                                  'resume a non-state file', 'uncreatable outdir', 'family option with edm',
+                                  'ambient without sigma_tn', 'bad betas'])
+def test_bad_input_gives_one_error_line_and_writes_nothing(data, tmp_path, case):
+    args, message = _bad_cases(data, tmp_path)[case]
+    outdir = tmp_path / 'out'
+    if not any(a.startswith('--outdir') for a in args):
+        args = [f'--outdir={outdir}'] + args
+    result = CliRunner().invoke(train.main, args + ['--batch=8', '--cbase=16', '--cres=1'] if case != 'batch not divisible' else args)
+    errors = [line for line in result.output.splitlines() if line.startswith('Error:')]
+    assert result.exit_code == 1, result.output
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert 'Traceback' not in result.output and not outdir.exists()
+
+def test_invalid_choice_is_a_usage_error(data, tmp_path):
+    result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}',
+                                             '--loss=ambient', '--sigma_tn=0.2', '--ambient_split=bogus'])
+    assert result.exit_code == 2 and "Invalid value for '--ambient_split'" in result.output
+    assert not (tmp_path / 'out').exists()
+
+def test_dry_run_prints_config_writes_nothing_and_leaves_ambient_unimported(data, tmp_path):
+    already = 'ambient.config' in sys.modules
+    result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}', '-n',
+                                             '--optimizer=adamw', '--wd=0.01', '--betas=0.9,0.99', '--bf16=1', '--seed=7',
+                                             '--blocks=2', '--attn=4', '--lr_rampup=0'])
+    assert result.exit_code == 0, result.output
+    assert 'Dry run; exiting.' in result.output and not (tmp_path / 'out').exists()
+    options = json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2])
+    assert options['optimizer_kwargs'] == dict(class_name='torch.optim.AdamW', lr=1e-3, betas=[0.9, 0.99], eps=1e-8, weight_decay=0.01)
+    assert options['bf16'] is True and options['seed'] == 7 and options['total_kimg'] == 200000
+    assert options['network_kwargs']['num_blocks'] == 2 and options['network_kwargs']['attn_resolutions'] == [4]
+    assert options['lr_rampup_kimg'] == 0
+    assert options['run_dir'].endswith('00000-tiny-uncond-ddpmpp-edm-gpus1-batch512-bf16')
+    assert already or 'ambient.config' not in sys.modules
+
+def test_ambient_family_names_the_run(data, tmp_path):
+    result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}', '-n',
+                                             '--loss=ambient', '--sigma_tn=0.2', '--seed=1'])
+    assert result.exit_code == 0, result.output
+    options = json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2])
+    assert options['loss_kwargs']['class_name'] != 'training.loss.EDMLoss'
+    assert '-fp32-ambient' in options['run_dir']
+
+#----------------------------------------------------------------------------

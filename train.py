@@ -1,0 +1,345 @@
+"""Train a diffusion model with EDM's recipe (Karras et al. 2022), optionally with another loss family such as ambient."""
+
+import json
+import os
+import re
+import warnings
+
+import click
+import torch
+
+import dnnlib
+from torch_utils import distributed as dist
+
+# Loss families: `edm` is the preconditioner's native loss; the others name a configure(c, opts) -> tag function,
+# imported only when chosen.
+LOSS_FAMILIES = {'edm': None, 'ambient': 'ambient.config.configure'}
+FAMILY_OPTIONS = ('sigma_tn', 'ambient_split', 'noise_seed', 'ambient_aug_order')
+
+ARCHITECTURES = {
+    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                   channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2]),
+    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+                   channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2]),
+    'adm':    dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
+}
+PRECONDITIONERS = {
+    'vp':  ('training.networks.VPPrecond', 'training.loss.VPLoss'),
+    've':  ('training.networks.VEPrecond', 'training.loss.VELoss'),
+    'edm': ('training.networks.EDMPrecond', 'training.loss.EDMLoss'),
+}
+OPTIMIZERS = {'adam': 'torch.optim.Adam', 'adamw': 'torch.optim.AdamW'}
+
+warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides') # Spurious DDP warning (as EDM).
+
+#----------------------------------------------------------------------------
+# Option parsing.
+
+def parse_int_list(s):
+    """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10] (click converter)."""
+    return dnnlib.util.parse_int_list(s)
+
+def parse_betas(s):
+    """'0.9,0.999' -> [0.9, 0.999] (click converter)."""
+    if isinstance(s, (list, tuple)):
+        return list(s)
+    try:
+        betas = [float(x) for x in s.split(',')]
+    except ValueError:
+        betas = []
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise dnnlib.util.UserError(f'--betas must be two numbers in [0, 1), e.g. 0.9,0.999; got "{s}"')
+    return betas
+
+#----------------------------------------------------------------------------
+# Configuration: the keyword arguments of training_loop.training_loop().
+
+def network_config(opts):
+    """network_kwargs for --arch/--precond and the network options."""
+    kwargs = dnnlib.EasyDict(ARCHITECTURES[opts.arch])
+    kwargs.class_name = PRECONDITIONERS[opts.precond][0]
+    if opts.cbase is not None:
+        kwargs.model_channels = opts.cbase
+    if opts.cres is not None:
+        kwargs.channel_mult = opts.cres
+    if opts.blocks is not None:
+        kwargs.num_blocks = opts.blocks
+    if opts.attn is not None:
+        kwargs.attn_resolutions = opts.attn
+    if opts.augment:
+        kwargs.augment_dim = 9
+    kwargs.update(dropout=opts.dropout, use_fp16=opts.fp16)
+    return kwargs
+
+def optimizer_config(opts):
+    """optimizer_kwargs for --optimizer/--lr/--betas/--eps/--wd (EDM's Adam by default)."""
+    kwargs = dnnlib.EasyDict(class_name=OPTIMIZERS[opts.optimizer], lr=opts.lr, betas=opts.betas, eps=opts.eps)
+    if opts.wd or opts.optimizer == 'adamw': # AdamW's own default decay would otherwise apply silently.
+        kwargs.weight_decay = opts.wd
+    return kwargs
+
+def _describe_dataset(c, opts):
+    """Open the dataset once to validate it; fixes resolution and size in c.dataset_kwargs; returns its name."""
+    try:
+        dataset_obj = dnnlib.util.construct_class_by_name(**c.dataset_kwargs)
+    except IOError as err:
+        raise dnnlib.util.UserError(f'--data: {err}') from None
+    if opts.cond and not dataset_obj.has_labels:
+        raise dnnlib.util.UserError('--cond=True requires labels specified in dataset.json')
+    c.dataset_kwargs.resolution = dataset_obj.resolution
+    c.dataset_kwargs.max_size = len(dataset_obj)
+    return dataset_obj.name
+
+def _apply_loss_family(c, opts):
+    """Let a non-native loss family edit c; returns its run-directory tag ('' for edm)."""
+    given = [name for name in FAMILY_OPTIONS if opts.get(name) is not None]
+    if opts.loss == 'edm':
+        if given:
+            raise dnnlib.util.UserError(f'--{given[0]} requires --loss=ambient')
+        return ''
+    func_name = LOSS_FAMILIES[opts.loss]
+    try:
+        configure = dnnlib.util.get_obj_by_name(func_name)
+    except (ImportError, AttributeError) as e:
+        raise dnnlib.util.UserError(f'--loss={opts.loss}: cannot load {func_name}: {e}') from None
+    tag = configure(c, opts)
+    return str(tag) if tag else opts.loss
+
+def _pick_seed(opts, state):
+    """--seed, else the resumed run's seed, else a fresh random one agreed by all ranks."""
+    if state is not None:
+        if opts.seed is not None and opts.seed != state['seed']:
+            raise dnnlib.util.UserError(f'--seed={opts.seed} differs from the resumed run\'s seed {state["seed"]}')
+        return int(state['seed'])
+    if opts.seed is not None:
+        return opts.seed
+    seed = torch.tensor(int.from_bytes(os.urandom(4), 'little') % (1 << 31), dtype=torch.int64)
+    if dist.is_distributed():
+        seed = seed.to(dist.get_sync_device())
+        torch.distributed.broadcast(seed, src=0)
+    return int(seed)
+
+def _resume_config(c, opts):
+    """Transfer/resume options; returns the training state being resumed (or None)."""
+    from training import training_loop # Imported late: the options above need no network code.
+    if opts.transfer is not None:
+        if opts.resume is not None:
+            raise dnnlib.util.UserError('--transfer and --resume cannot be specified at the same time')
+        if not dnnlib.util.is_url(opts.transfer, allow_file_urls=True) and not os.path.isfile(opts.transfer):
+            raise dnnlib.util.UserError(f'--transfer: no such file: {opts.transfer}')
+        c.resume_pkl = opts.transfer
+        c.ema_rampup_ratio = None
+        return None
+    if opts.resume is None:
+        return None
+    c.resume_state_dump = training_loop.find_training_state(opts.resume)
+    state = training_loop.load_training_state(c.resume_state_dump)
+    training_loop.check_resume_compatible(state, network_kwargs=c.network_kwargs, loss_kwargs=c.loss_kwargs,
+                                          dataset_kwargs=c.dataset_kwargs)
+    return state
+
+def build_config(opts):
+    """All training_loop() arguments for the parsed options; (config, run description). Raises UserError on bad input."""
+    c = dnnlib.EasyDict()
+    c.dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data,
+                                       use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2)
+    c.network_kwargs = network_config(opts)
+    c.loss_kwargs = dnnlib.EasyDict(class_name=PRECONDITIONERS[opts.precond][1])
+    c.optimizer_kwargs = optimizer_config(opts)
+    if opts.augment:
+        c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=opts.augment)
+        c.augment_kwargs.update(xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+    dataset_name = _describe_dataset(c, opts)
+    tag = _apply_loss_family(c, opts)
+
+    c.total_kimg = max(int(opts.duration * 1000), 1)
+    if opts.iters is not None:
+        c.total_iters = opts.iters
+    c.ema_halflife_kimg = int(opts.ema * 1000)
+    if opts.lr_rampup is not None:
+        c.lr_rampup_kimg = opts.lr_rampup
+    c.update(batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls, cudnn_benchmark=opts.bench)
+    c.update(kimg_per_tick=opts.tick, snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
+    if opts.bf16:
+        if opts.fp16:
+            raise dnnlib.util.UserError('--fp16 and --bf16 cannot be combined')
+        c.bf16 = True
+    from training import training_loop
+    training_loop.split_batch(opts.batch, opts.batch_gpu) # Fail now rather than after creating the run directory.
+    state = _resume_config(c, opts)
+    c.seed = _pick_seed(opts, state)
+
+    cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
+    dtype_str = 'fp16' if opts.fp16 else ('bf16' if opts.bf16 else 'fp32')
+    desc = f'{dataset_name}-{cond_str}-{opts.arch}-{opts.precond}-gpus{dist.get_world_size()}-batch{opts.batch}-{dtype_str}'
+    if tag:
+        desc += f'-{tag}'
+    if opts.desc is not None:
+        desc += f'-{opts.desc}'
+    return c, desc
+
+#----------------------------------------------------------------------------
+# Output directory.
+
+def pick_run_dir(outdir, desc, nosubdir):
+    """outdir itself, or outdir/<next id>-<desc> as EDM numbers runs."""
+    if nosubdir:
+        return outdir
+    prev_ids = []
+    if os.path.isdir(outdir):
+        prev_ids = [int(m.group()) for x in os.listdir(outdir)
+                    if os.path.isdir(os.path.join(outdir, x)) and (m := re.match(r'^\d+', x))]
+    return os.path.join(outdir, f'{max(prev_ids, default=-1) + 1:05d}-{desc}')
+
+def _check_outdir(outdir):
+    """UserError when outdir cannot be created or written (checked without creating anything)."""
+    parent = os.path.abspath(outdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise dnnlib.util.UserError(f'--outdir: cannot create or write {outdir} ({parent} is not a writable directory)')
+
+def _all_ranks_ok(ok):
+    """True when `ok` holds on every rank (a collective call when distributed)."""
+    if not dist.is_distributed():
+        return ok
+    flag = torch.tensor(int(ok), device=dist.get_sync_device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
+
+def create_run_dir(c):
+    """Rank 0 creates the run directory and writes training_options.json atomically."""
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            os.makedirs(c.run_dir, exist_ok=True)
+            data = json.dumps(c, indent=2).encode()
+            dnnlib.util.atomic_write_bytes(os.path.join(c.run_dir, 'training_options.json'), data)
+        except OSError as e:
+            error = f'--outdir: cannot create {c.run_dir}: {e.strerror or e}'
+    if not _all_ranks_ok(error is None):
+        raise dnnlib.util.UserError(error or '--outdir: rank 0 could not create the run directory')
+
+def _print_options(c, opts):
+    dist.print0()
+    dist.print0('Training options:')
+    dist.print0(json.dumps(c, indent=2))
+    dist.print0()
+    dist.print0(f'Output directory:        {c.run_dir}')
+    dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
+    dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
+    dist.print0(f'Network architecture:    {opts.arch}')
+    dist.print0(f'Preconditioning & loss:  {opts.precond}')
+    dist.print0(f'Loss family:             {opts.loss}')
+    dist.print0(f'Number of GPUs:          {dist.get_world_size()}')
+    dist.print0(f'Batch size:              {c.batch_size}')
+    dist.print0(f'Mixed-precision:         {"fp16" if c.network_kwargs.use_fp16 else ("bf16" if opts.bf16 else "off")}')
+    dist.print0()
+
+#----------------------------------------------------------------------------
+
+@click.command()
+
+# Main options.
+@click.option('--outdir',        help='Where to save the results', metavar='DIR',                   type=str, required=True)
+@click.option('--data',          help='Path to the dataset', metavar='ZIP|DIR',                     type=str, required=True)
+@click.option('--cond',          help='Train class-conditional model', metavar='BOOL',              type=bool, default=False, show_default=True)
+@click.option('--arch',          help='Network architecture', metavar='ddpmpp|ncsnpp|adm',          type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', show_default=True)
+@click.option('--precond',       help='Preconditioning & loss function', metavar='vp|ve|edm',       type=click.Choice(['vp', 've', 'edm']), default='edm', show_default=True)
+@click.option('--loss',          help='Loss family (edm = native loss of --precond)', metavar='edm|ambient', type=click.Choice(sorted(LOSS_FAMILIES)), default='edm', show_default=True)
+
+# Loss-family options (passed to the family's configure function).
+@click.option('--sigma_tn',      help='Ambient: noise level of the fixed noisy copies', metavar='FLOAT', type=float)
+@click.option('--ambient_split', help='Ambient: how sigma is split around sigma_tn', metavar='edm|uniform', type=click.Choice(['edm', 'uniform']))
+@click.option('--noise_seed',    help='Ambient: seed of the fixed noisy copies', metavar='INT',     type=int)
+@click.option('--ambient_aug_order', help='Ambient: augment the noisy copy, or augment clean then add noise', metavar='noisy|clean-then-noise', type=click.Choice(['noisy', 'clean-then-noise']))
+
+# Hyperparameters.
+@click.option('--duration',      help='Training duration', metavar='MIMG',                          type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
+@click.option('--iters',         help='Training duration in optimizer steps (overrides --duration)', metavar='INT', type=click.IntRange(min=1))
+@click.option('--batch',         help='Total batch size', metavar='INT',                            type=click.IntRange(min=1), default=512, show_default=True)
+@click.option('--batch-gpu',     help='Limit batch size per GPU', metavar='INT',                    type=click.IntRange(min=1))
+@click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT',       type=int)
+@click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=parse_int_list)
+@click.option('--blocks',        help='Residual blocks per resolution  [default: varies]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--attn',          help='Resolutions with self-attention  [default: varies]', metavar='LIST', type=parse_int_list)
+@click.option('--lr',            help='Learning rate', metavar='FLOAT',                             type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
+@click.option('--lr_rampup',     help='Learning-rate ramp-up  [default: 10000]', metavar='KIMG',    type=click.FloatRange(min=0))
+@click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=click.FloatRange(min=0), default=0.5, show_default=True)
+@click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
+@click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--xflip',         help='Enable dataset x-flips', metavar='BOOL',                     type=bool, default=False, show_default=True)
+@click.option('--optimizer',     help='Optimizer', metavar='adam|adamw',                            type=click.Choice(sorted(OPTIMIZERS)), default='adam', show_default=True)
+@click.option('--wd',            help='Weight decay', metavar='FLOAT',                              type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--betas',         help='Adam betas', metavar='FLOAT,FLOAT',                          type=parse_betas, default='0.9,0.999', show_default=True)
+@click.option('--eps',           help='Adam epsilon', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=1e-8, show_default=True)
+
+# Performance-related.
+@click.option('--fp16',          help='Enable mixed-precision training', metavar='BOOL',            type=bool, default=False, show_default=True)
+@click.option('--bf16',          help='Enable bfloat16 autocast', metavar='BOOL',                   type=bool, default=False, show_default=True)
+@click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--bench',         help='Enable cuDNN benchmarking', metavar='BOOL',                  type=bool, default=True, show_default=True)
+@click.option('--cache',         help='Cache dataset in CPU memory', metavar='BOOL',                type=bool, default=True, show_default=True)
+@click.option('--workers',       help='DataLoader worker processes', metavar='INT',                 type=click.IntRange(min=1), default=1, show_default=True)
+
+# I/O-related.
+@click.option('--desc',          help='String to include in result dir name', metavar='STR',        type=str)
+@click.option('--nosubdir',      help='Do not create a subdirectory for results',                   is_flag=True)
+@click.option('--tick',          help='How often to print progress', metavar='KIMG',                type=click.IntRange(min=1), default=50, show_default=True)
+@click.option('--snap',          help='How often to save snapshots', metavar='TICKS',               type=click.IntRange(min=1), default=50, show_default=True)
+@click.option('--dump',          help='How often to dump state', metavar='TICKS',                   type=click.IntRange(min=1), default=500, show_default=True)
+@click.option('--seed',          help='Random seed  [default: random]', metavar='INT',              type=int)
+@click.option('--transfer',      help='Transfer learning from network pickle', metavar='PKL|URL',   type=str)
+@click.option('--resume',        help='Resume from previous training state', metavar='PT|DIR',      type=str)
+@click.option('-n', '--dry-run', help='Print training options and exit',                            is_flag=True)
+
+def main(**kwargs):
+    """Train a diffusion model using the techniques of "Elucidating the Design Space of Diffusion-Based
+    Generative Models" (EDM), optionally with Ambient Diffusion's loss (--loss=ambient).
+
+    --duration is in millions of images as in EDM; --iters N stops after N optimizer steps instead.
+    --resume accepts a training-state-*.pt file or a run directory (its newest state) and continues
+    bit-exactly; the network, loss and dataset options must match the resumed run.
+
+    Examples:
+
+    \b
+    # Train DDPM++ model for class-conditional CIFAR-10 using 8 GPUs
+    torchrun --standalone --nproc_per_node=8 train.py --outdir=training-runs \\
+        --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp
+
+    \b
+    # Ambient: noisy copies at sigma_tn=0.2 (single process, CPU or one GPU)
+    python train.py --outdir=training-runs --data=datasets/cifar10-32x32.zip --loss=ambient --sigma_tn=0.2
+    """
+    opts = dnnlib.EasyDict(kwargs)
+    dist.init()
+    c, desc = build_config(opts)
+    c.run_dir = pick_run_dir(opts.outdir, desc, opts.nosubdir) if dist.get_rank() == 0 else None
+    _check_outdir(opts.outdir)
+    _print_options(c, opts)
+    if opts.dry_run:
+        dist.print0('Dry run; exiting.')
+        return
+
+    dist.print0('Creating output directory...')
+    create_run_dir(c)
+    logger = None
+    if dist.get_rank() == 0:
+        logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    torch.multiprocessing.set_start_method('spawn', force=True)
+    from training import training_loop
+    try:
+        training_loop.training_loop(**c)
+    finally:
+        if logger is not None:
+            logger.close()
+    dist.shutdown()
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main() # pylint: disable=no-value-for-parameter
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,467 @@
+"""The distributed training loop: gradient accumulation, EMA, ticks, snapshots and exact resume (EDM semantics)."""
+
+import copy
+import json
+import os
+import pickle
+import random
+import re
+import time
+
+import numpy as np
+import psutil
+import torch
+
+import dnnlib
+from torch_utils import distributed as dist
+from torch_utils import misc
+from torch_utils import training_stats
+from training import snapshot
+
+STATE_FORMAT = 'edm-ambient-training-state-1'
+STATE_PATTERN = re.compile(r'training-state-(\d+)\.pt')
+COMPARED_KWARGS = ('network_kwargs', 'loss_kwargs', 'dataset_kwargs')
+
+#----------------------------------------------------------------------------
+# Files.
+
+def atomic_save(path, write_fn):
+    """Call write_fn(file) on `<path>.tmp-<pid>`, sync it, then rename into place: a reader never sees a partial file."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+def find_training_state(path):
+    """The training-state file `path` names: the file itself, or the newest training-state-*.pt in a run directory."""
+    if path is None or not os.path.exists(path):
+        raise dnnlib.util.UserError(f'--resume: {path} does not exist')
+    if os.path.isdir(path):
+        found = [(int(m.group(1)), name) for name in os.listdir(path) if (m := STATE_PATTERN.fullmatch(name))]
+        if not found:
+            raise dnnlib.util.UserError(f'--resume: no training-state-*.pt in {path}')
+        return os.path.join(path, max(found)[1])
+    if not STATE_PATTERN.fullmatch(os.path.basename(path)):
+        raise dnnlib.util.UserError(f'--resume must be a run directory or a training-state-*.pt file, not {path}')
+    return path
+
+def load_training_state(path):
+    """Read a training-state file with torch.load(weights_only=True); UserError when it is not one."""
+    try:
+        state = torch.load(path, map_location=torch.device('cpu'), weights_only=True)
+    except Exception as e: # pylint: disable=broad-except
+        raise dnnlib.util.UserError(f'--resume: cannot read {path}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
+    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
+        raise dnnlib.util.UserError(f'--resume: {path} is not a training state written by this trainer')
+    return state
+
+def _plain(obj):
+    """obj as plain JSON types (tuples become lists, EasyDicts dicts), for storing and comparing configs."""
+    return json.loads(json.dumps(obj))
+
+def _first_difference(stored, current, prefix):
+    """Dotted name of the first key where two plain configs differ, or None."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in sorted(set(stored) | set(current)):
+            if key not in stored or key not in current:
+                return f'{prefix}.{key}'
+            found = _first_difference(stored[key], current[key], f'{prefix}.{key}')
+            if found is not None:
+                return found
+        return None
+    return None if stored == current else prefix
+
+def check_resume_compatible(state, **kwargs):
+    """Raise UserError naming the first key of network/loss/dataset kwargs that differs from the stored run."""
+    for name in COMPARED_KWARGS:
+        stored = json.loads(state[name])
+        current = _plain(kwargs[name])
+        key = _first_difference(stored, current, name)
+        if key is not None:
+            show = lambda cfg: json.dumps(_lookup(cfg, key.split('.')[1:]))
+            raise dnnlib.util.UserError(f'--resume: {key} differs from the stored training state '
+                                        f'(stored {show(stored)}, now {show(current)})')
+
+def _lookup(cfg, keys):
+    for key in keys:
+        if not isinstance(cfg, dict) or key not in cfg:
+            return '<absent>'
+        cfg = cfg[key]
+    return cfg
+
+#----------------------------------------------------------------------------
+# Randomness.
+
+def _seed_rank(seed):
+    """Seed numpy and torch for this rank exactly as EDM does (and Python's random, which EDM leaves unseeded)."""
+    rank_seed = (seed * dist.get_world_size() + dist.get_rank()) % (1 << 31)
+    random.seed(rank_seed)
+    np.random.seed(rank_seed)
+    torch.manual_seed(np.random.randint(1 << 31))
+
+def _get_rng_state():
+    """This process's random generator states as tensors and numbers (storable with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                           has_gauss=int(has_gauss), cached_gaussian=float(cached)),
+                python=dict(version=py_version, internal=list(py_internal), gauss=py_gauss))
+
+def _set_rng_state(s):
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s['cuda'])
+    n = s['numpy']
+    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
+    p = s['python']
+    random.setstate((p['version'], tuple(p['internal']), p['gauss']))
+
+def _gather_rng_states():
+    """RNG states of all ranks, in rank order (a collective call)."""
+    mine = _get_rng_state()
+    if dist.get_world_size() == 1:
+        return [mine]
+    states = [None] * dist.get_world_size()
+    torch.distributed.all_gather_object(states, mine)
+    return states
+
+#----------------------------------------------------------------------------
+# Setup.
+
+def split_batch(batch_size, batch_gpu):
+    """(per-rank batch, per-round batch, accumulation rounds) for a global batch; UserError when it does not divide."""
+    world = dist.get_world_size()
+    if batch_size % world != 0:
+        raise dnnlib.util.UserError(f'--batch={batch_size} is not divisible by the number of processes ({world})')
+    batch_gpu_total = batch_size // world
+    if batch_gpu is None or batch_gpu > batch_gpu_total:
+        batch_gpu = batch_gpu_total
+    if batch_gpu_total % batch_gpu != 0:
+        raise dnnlib.util.UserError(f'--batch={batch_size} is not divisible by processes x --batch-gpu ({world} x {batch_gpu})')
+    return batch_gpu_total, batch_gpu, batch_gpu_total // batch_gpu
+
+def _data_loader_options(data_loader_kwargs, device):
+    """DataLoader options valid for this device and worker count (pinning needs CUDA; prefetch needs workers)."""
+    opts = dict(data_loader_kwargs)
+    if device.type != 'cuda':
+        opts.pop('pin_memory', None)
+    if opts.get('num_workers', 0) == 0:
+        opts.pop('prefetch_factor', None)
+    return opts
+
+def _make_data_iterator(dataset_obj, data_loader_kwargs, seed, batch_gpu, start_idx, device):
+    """Endless batch iterator; the item order depends only on (seed, global position), never on workers."""
+    sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=dist.get_rank(), num_replicas=dist.get_world_size(),
+                                   seed=seed, start_idx=start_idx)
+    # A private generator keeps worker seeds fixed and leaves the global RNG alone, so resume replays exactly.
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu, generator=generator,
+                                         **_data_loader_options(data_loader_kwargs, device))
+    return iter(loader)
+
+def _build_network(network_kwargs, dataset_obj, device, batch_gpu):
+    """The network sized for the dataset, in training mode on the device; rank 0 prints its summary."""
+    net = dnnlib.util.construct_class_by_name(**network_kwargs, img_resolution=dataset_obj.resolution,
+                                              img_channels=dataset_obj.num_channels, label_dim=dataset_obj.label_dim)
+    net.train().requires_grad_(True).to(device)
+    if dist.get_rank() == 0:
+        with torch.no_grad():
+            images = torch.zeros([batch_gpu, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+            sigma = torch.ones([batch_gpu], device=device)
+            labels = torch.zeros([batch_gpu, net.label_dim], device=device)
+            misc.print_module_summary(net, [images, sigma, labels], max_nesting=2)
+    return net
+
+def _load_transfer(net, ema, resume_pkl):
+    """Copy the EMA weights of an EDM-style snapshot pickle into net and ema (transfer learning)."""
+    dist.print0(f'Loading network weights from "{resume_pkl}"...')
+    if dist.get_rank() != 0:
+        dist.barrier() # Rank 0 first, so that a download lands in the cache once.
+    with dnnlib.util.open_url(resume_pkl, verbose=(dist.get_rank() == 0)) as f:
+        data = pickle.load(f)
+    if dist.get_rank() == 0:
+        dist.barrier()
+    if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
+        raise dnnlib.util.UserError(f'--transfer: {resume_pkl} holds no "ema" network')
+    misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)
+    misc.copy_params_and_buffers(src_module=data['ema'], dst_module=ema, require_all=False)
+
+def setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, augment_kwargs,
+                   seed, batch_size, batch_gpu, device, start_nimg=0, bf16=False, loss_scaling=1):
+    """Build everything one training step needs (dataset iterator, nets, loss, optimizer), as an EasyDict."""
+    t = dnnlib.EasyDict(device=device, batch_size=batch_size, optimizer_kwargs=dict(optimizer_kwargs),
+                        bf16=bf16, loss_scaling=loss_scaling)
+    t.batch_gpu_total, t.batch_gpu, t.num_rounds = split_batch(batch_size, batch_gpu)
+
+    dist.print0('Loading dataset...')
+    t.dataset_obj = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    t.data_iterator = _make_data_iterator(t.dataset_obj, data_loader_kwargs, seed, t.batch_gpu,
+                                          start_nimg // dist.get_world_size(), device)
+
+    dist.print0('Constructing network...')
+    t.net = _build_network(network_kwargs, t.dataset_obj, device, t.batch_gpu)
+
+    dist.print0('Setting up optimizer...')
+    t.loss_fn = dnnlib.util.construct_class_by_name(**loss_kwargs)
+    t.optimizer = dnnlib.util.construct_class_by_name(params=t.net.parameters(), **optimizer_kwargs)
+    t.augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
+    t.ddp = t.net
+    if dist.get_world_size() > 1:
+        t.ddp = torch.nn.parallel.DistributedDataParallel(t.net, device_ids=[device] if device.type == 'cuda' else None)
+    t.ema = copy.deepcopy(t.net).eval().requires_grad_(False)
+    t.nonfinite_steps = torch.zeros([], dtype=torch.int64, device=device)
+    return t
+
+#----------------------------------------------------------------------------
+# One training step.
+
+def _next_batch(t):
+    """Next local batch: images in [-1, 1] float32, labels, and the dataset's extra fields, all on the device."""
+    images, labels, *rest = next(t.data_iterator)
+    images = images.to(t.device).to(torch.float32) / 127.5 - 1
+    labels = labels.to(t.device)
+    extras = {key: value.to(t.device) if isinstance(value, torch.Tensor) else value for key, value in (rest[0] if rest else {}).items()}
+    return images, labels, extras
+
+def accumulate_gradients(t):
+    """Forward/backward over all accumulation rounds; returns a device bool: every loss value was finite."""
+    t.optimizer.zero_grad(set_to_none=True)
+    finite = torch.ones([], dtype=torch.bool, device=t.device)
+    for round_idx in range(t.num_rounds):
+        with misc.ddp_sync(t.ddp, (round_idx == t.num_rounds - 1)):
+            images, labels, extras = _next_batch(t)
+            with torch.autocast(device_type=t.device.type, dtype=torch.bfloat16, enabled=t.bf16):
+                loss = t.loss_fn(net=t.ddp, images=images, labels=labels, augment_pipe=t.augment_pipe, **extras)
+            training_stats.report('Loss/loss', loss)
+            finite &= torch.isfinite(loss).all()
+            loss.sum().mul(t.loss_scaling / t.batch_gpu_total).backward()
+    return finite
+
+def update_weights(t, cur_nimg, lr_rampup_kimg):
+    """Ramp the learning rate, zero non-finite gradient entries, take the optimizer step."""
+    for g in t.optimizer.param_groups:
+        g['lr'] = t.optimizer_kwargs['lr'] * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
+    for param in t.net.parameters():
+        if param.grad is not None:
+            torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+    t.optimizer.step()
+
+@torch.no_grad()
+def update_ema(t, cur_nimg, ema_halflife_kimg, ema_rampup_ratio):
+    """EMA with a half-life counted in images, optionally ramped up to ema_rampup_ratio x images seen."""
+    ema_halflife_nimg = ema_halflife_kimg * 1000
+    if ema_rampup_ratio is not None:
+        ema_halflife_nimg = min(ema_halflife_nimg, cur_nimg * ema_rampup_ratio)
+    ema_beta = 0.5 ** (t.batch_size / max(ema_halflife_nimg, 1e-8))
+    # EDM's per-tensor p_net.lerp(p_ema, beta), batched into two multi-tensor kernels (same bits, fewer launches).
+    ema_params = list(t.ema.parameters())
+    torch._foreach_copy_(ema_params, torch._foreach_lerp([p.detach() for p in t.net.parameters()], ema_params, ema_beta))
+
+def train_step(t, cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio):
+    """One optimizer step over the global batch, plus the EMA update; tracks consecutive non-finite losses."""
+    finite = accumulate_gradients(t)
+    update_weights(t, cur_nimg, lr_rampup_kimg)
+    update_ema(t, cur_nimg, ema_halflife_kimg, ema_rampup_ratio)
+    t.nonfinite_steps = torch.where(finite, torch.zeros_like(t.nonfinite_steps), t.nonfinite_steps + 1)
+
+def _max_nonfinite_steps(t):
+    """Consecutive non-finite steps, the largest over ranks (a collective call)."""
+    count = t.nonfinite_steps.clone()
+    if dist.get_world_size() > 1:
+        count = count.to(dist.get_sync_device())
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return int(count)
+
+#----------------------------------------------------------------------------
+# Maintenance: status line, snapshots, state dumps.
+
+def _status_line(cur_tick, cur_nimg, tick_start_nimg, start_time, tick_start_time, tick_end_time, maintenance_time, device):
+    """EDM's one-line tick report; every figure is also reported to training_stats."""
+    r0 = training_stats.report0
+    cuda = device.type == 'cuda'
+    gpumem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0
+    reserved = torch.cuda.max_memory_reserved(device) / 2**30 if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    fields = [
+        f"tick {r0('Progress/tick', cur_tick):<5d}",
+        f"kimg {r0('Progress/kimg', cur_nimg / 1e3):<9.1f}",
+        f"time {dnnlib.util.format_time(r0('Timing/total_sec', tick_end_time - start_time)):<12s}",
+        f"sec/tick {r0('Timing/sec_per_tick', tick_end_time - tick_start_time):<7.1f}",
+        f"sec/kimg {r0('Timing/sec_per_kimg', (tick_end_time - tick_start_time) / max(cur_nimg - tick_start_nimg, 1) * 1e3):<7.2f}",
+        f"maintenance {r0('Timing/maintenance_sec', maintenance_time):<6.1f}",
+        f"cpumem {r0('Resources/cpu_mem_gb', psutil.Process(os.getpid()).memory_info().rss / 2**30):<6.2f}",
+        f"gpumem {r0('Resources/peak_gpu_mem_gb', gpumem):<6.2f}",
+        f"reserved {r0('Resources/peak_gpu_mem_reserved_gb', reserved):<6.2f}",
+    ]
+    return ' '.join(fields)
+
+def save_snapshot(t, run_dir, cur_nimg, dataset_kwargs):
+    """Write network-snapshot-NNNNNN.pkl (EDM layout) and the .safetensors of its EMA; returns the .pkl path."""
+    data = dict(ema=t.ema, loss_fn=t.loss_fn, augment_pipe=t.augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+    for key, value in data.items():
+        if isinstance(value, torch.nn.Module):
+            value = copy.deepcopy(value).eval().requires_grad_(False)
+            misc.check_ddp_consistency(value)
+            data[key] = value.cpu()
+    path = os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl') if run_dir is not None else None
+    if dist.get_rank() == 0:
+        atomic_save(path, lambda f: pickle.dump(data, f))
+        snapshot.save_network_safetensors(data['ema'], path[:-len('.pkl')] + '.safetensors')
+    return path
+
+def save_training_state(t, run_dir, cur_nimg, cur_tick, seed, compared_kwargs, last_snapshot):
+    """Write training-state-NNNNNN.pt: everything needed to continue bit-exactly (a collective call)."""
+    rng = _gather_rng_states()
+    if dist.get_rank() != 0:
+        return
+    state = dict(format=STATE_FORMAT, net=t.net.state_dict(), ema=t.ema.state_dict(), optimizer=t.optimizer.state_dict(),
+                 cur_nimg=int(cur_nimg), cur_tick=int(cur_tick), nonfinite_steps=int(t.nonfinite_steps),
+                 seed=int(seed), world_size=dist.get_world_size(), rng=rng, last_snapshot=last_snapshot or '',
+                 **{name: json.dumps(_plain(compared_kwargs[name]), sort_keys=True) for name in COMPARED_KWARGS})
+    path = os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt')
+    atomic_save(path, lambda f: torch.save(state, f))
+
+def restore_training_state(t, state):
+    """Load net, EMA, optimizer and this rank's RNG states from a training state (after setup_training)."""
+    t.net.load_state_dict(state['net'], strict=True)
+    t.ema.load_state_dict(state['ema'], strict=True)
+    t.optimizer.load_state_dict(state['optimizer'])
+    t.nonfinite_steps.fill_(state['nonfinite_steps'])
+    if len(state['rng']) == dist.get_world_size():
+        _set_rng_state(state['rng'][dist.get_rank()])
+    else:
+        dist.print0(f'Note: the state was written by {len(state["rng"])} processes, not {dist.get_world_size()}: '
+                    'random streams are re-seeded, so the run continues correctly but not bit-exactly.')
+        _seed_rank(state['seed'] + state['cur_nimg'])
+
+#----------------------------------------------------------------------------
+
+def training_loop(
+    run_dir             = '.',      # Output directory (rank 0; None elsewhere).
+    dataset_kwargs      = {},       # Options for the training set.
+    data_loader_kwargs  = {},       # Options for torch.utils.data.DataLoader.
+    network_kwargs      = {},       # Options for the network and its preconditioning.
+    loss_kwargs         = {},       # Options for the loss.
+    optimizer_kwargs    = {},       # Options for the optimizer (class_name, lr, ...).
+    augment_kwargs      = None,     # Options for the augmentation pipe, None = none.
+    seed                = 0,        # Global random seed.
+    batch_size          = 512,      # Global batch per optimizer step.
+    batch_gpu           = None,     # Per-rank batch per accumulation round, None = whole per-rank batch.
+    total_kimg          = 200000,   # Training duration in thousands of images.
+    total_iters         = None,     # Training duration in optimizer steps; overrides total_kimg.
+    ema_halflife_kimg   = 500,      # EMA half-life in thousands of images.
+    ema_rampup_ratio    = 0.05,     # EMA ramp-up coefficient, None = no ramp-up.
+    lr_rampup_kimg      = 10000,    # Learning-rate ramp-up duration.
+    loss_scaling        = 1,        # Loss scaling factor.
+    kimg_per_tick       = 50,       # Interval of status lines.
+    snapshot_ticks      = 50,       # Network snapshot interval in ticks, None = off.
+    state_dump_ticks    = 500,      # Training-state interval in ticks, None = off.
+    resume_pkl          = None,     # Initial weights from this snapshot pickle (transfer learning).
+    resume_state_dump   = None,     # Continue exactly from this training-state file.
+    cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
+    bf16                = False,    # bfloat16 autocast around the loss.
+    max_nonfinite_steps = 100,      # Stop after this many consecutive steps with a NaN/Inf loss.
+    device              = None,     # Compute device, None = this rank's CUDA device or the CPU.
+):
+    """Train a network; writes status lines, stats.jsonl, snapshots and training states into run_dir."""
+    start_time = time.time()
+    device = torch.device(device) if device is not None else dist.get_device()
+    _seed_rank(seed)
+    _set_backends(cudnn_benchmark)
+    if dist.get_rank() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+    compared_kwargs = dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs, dataset_kwargs=dataset_kwargs)
+    state = None
+    if resume_state_dump:
+        dist.print0(f'Loading training state from "{resume_state_dump}"...')
+        state = load_training_state(resume_state_dump)
+        check_resume_compatible(state, **compared_kwargs)
+
+    p = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, last_snapshot='', step=0, stats_jsonl=None, start_time=start_time)
+    if state:
+        p.update(cur_nimg=state['cur_nimg'], cur_tick=state['cur_tick'], last_snapshot=state['last_snapshot'])
+    t = setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, augment_kwargs,
+                       seed, batch_size, batch_gpu, device, start_nimg=p.cur_nimg, bf16=bf16, loss_scaling=loss_scaling)
+    if resume_pkl is not None:
+        _load_transfer(t.net, t.ema, resume_pkl)
+    if state:
+        restore_training_state(t, state) # Last: setup drew random numbers that the uninterrupted run did not.
+    del state
+
+    o = dnnlib.EasyDict(run_dir=run_dir, dataset_kwargs=dataset_kwargs, compared_kwargs=compared_kwargs, seed=seed,
+                        snapshot_ticks=snapshot_ticks, state_dump_ticks=state_dump_ticks,
+                        total_nimg=total_iters * batch_size if total_iters is not None else total_kimg * 1000)
+    dist.print0(f'Training for {o.total_nimg / 1e3:g} kimg...')
+    dist.print0()
+    if p.cur_nimg >= o.total_nimg:
+        dist.print0(f'Already trained for {p.cur_nimg / 1e3:g} kimg; nothing to do.')
+        return
+    check_every = max(1, min(16, max_nonfinite_steps // 4)) # Reading the counter syncs the device: not every step.
+    p.tick_start_nimg = p.cur_nimg
+    p.tick_start_time = time.time()
+    p.maintenance_time = p.tick_start_time - start_time
+    dist.update_progress(p.cur_nimg // 1000, o.total_nimg // 1000)
+    while True:
+        train_step(t, p.cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio)
+        p.cur_nimg += batch_size
+        p.step += 1
+        done = (p.cur_nimg >= o.total_nimg)
+        at_tick = done or p.cur_tick == 0 or p.cur_nimg >= p.tick_start_nimg + kimg_per_tick * 1000
+        if (at_tick or p.step % check_every == 0) and _max_nonfinite_steps(t) >= max_nonfinite_steps:
+            raise dnnlib.util.UserError(f'The loss was NaN/Inf for {max_nonfinite_steps} consecutive steps (at kimg '
+                                        f'{p.cur_nimg / 1e3:.3f}); stopping. Last good snapshot: {p.last_snapshot or "none"}')
+        if at_tick and _end_tick(t, p, o, done):
+            break
+    if p.stats_jsonl is not None:
+        p.stats_jsonl.close()
+    dist.print0()
+    dist.print0('Exiting...')
+
+def _set_backends(cudnn_benchmark):
+    """EDM's numerics: no TF32 and no reduced-precision reductions."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+
+def _end_tick(t, p, o, done):
+    """Status line, snapshot, training state and stats.jsonl at the end of a tick; returns True when training is over."""
+    tick_end_time = time.time()
+    dist.print0(_status_line(p.cur_tick, p.cur_nimg, p.tick_start_nimg, p.start_time, p.tick_start_time, tick_end_time,
+                             p.maintenance_time, t.device))
+    if (not done) and dist.should_stop():
+        done = True
+        dist.print0()
+        dist.print0('Aborting...')
+
+    if (o.snapshot_ticks is not None) and (done or p.cur_tick % o.snapshot_ticks == 0):
+        path = save_snapshot(t, o.run_dir, p.cur_nimg, o.dataset_kwargs)
+        if int(t.nonfinite_steps) == 0:
+            p.last_snapshot = path
+    if (o.state_dump_ticks is not None) and (done or p.cur_tick % o.state_dump_ticks == 0) and p.cur_tick != 0:
+        save_training_state(t, o.run_dir, p.cur_nimg, p.cur_tick + 1, o.seed, o.compared_kwargs, p.last_snapshot)
+
+    training_stats.default_collector.update()
+    if dist.get_rank() == 0:
+        if p.stats_jsonl is None:
+            p.stats_jsonl = open(os.path.join(o.run_dir, 'stats.jsonl'), 'at')
+        p.stats_jsonl.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
+        p.stats_jsonl.flush()
+    dist.update_progress(p.cur_nimg // 1000, o.total_nimg // 1000)
+
+    p.cur_tick += 1
+    p.tick_start_nimg = p.cur_nimg
+    p.tick_start_time = time.time()
+    p.maintenance_time = p.tick_start_time - tick_end_time
+    return done
+
+#----------------------------------------------------------------------------
