@@ -39,9 +39,12 @@ def save_png(image, path):
 
 
 def save_grid(paths, dest):
-    """Tile the given PNGs (same size) into one near-square grid PNG, row-major in the given order."""
+    """Tile the given PNGs (same size) into one near-square grid PNG, row-major, tiles at least 32 pixels."""
     images = [np.array(PIL.Image.open(p)) for p in paths]
     images = [im[:, :, None] if im.ndim == 2 else im for im in images]
+    # Tiny images (8x8 digits) are enlarged by pixel repetition so the grid is readable at a glance.
+    zoom = max(1, -(-32 // max(images[0].shape[:2])))
+    images = [im.repeat(zoom, axis=0).repeat(zoom, axis=1) for im in images]
     h, w, c = images[0].shape
     cols = int(np.ceil(np.sqrt(len(images))))
     rows = (len(images) - 1) // cols + 1

@@ -527,7 +527,7 @@ def main(outdir, dry_run, train_opts, extra_train_opts, **options):
     """Train a model per sigma_tn, then measure quality and memorization of its snapshots.
 
     \b
-    # The offline demo on scikit-learn's digits (about 15 minutes on 2 CPU cores)
+    # The offline demo on scikit-learn's digits (about 8-10 minutes on 2 CPU cores)
     python -m ambient.sweep --preset demo --outdir demo-out
     \b
     # CIFAR-10, 1000 images, four GPUs, paper's hyper-parameters passed to train.py

@@ -1,4 +1,4 @@
-"""Shared fixtures: locations of the ../shared fixtures (skipped when absent) and the --runslow switch."""
+"""Shared fixtures: locations of the ../shared fixtures, skipped where ../shared is absent."""
 
 import os
 import pathlib
@@ -13,17 +13,6 @@ if str(REPO) not in sys.path:
 def _shared_path():
     env = os.environ.get('AMBIENT_SHARED_DIR')
     return pathlib.Path(env) if env else REPO.parent / 'shared'
-
-def pytest_addoption(parser):
-    parser.addoption('--runslow', action='store_true', default=False, help='also run tests marked slow')
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption('--runslow'):
-        return
-    skip = pytest.mark.skip(reason='slow: run with --runslow')
-    for item in items:
-        if 'slow' in item.keywords:
-            item.add_marker(skip)
 
 @pytest.fixture(scope='session')
 def repo_dir():

@@ -88,9 +88,10 @@ def test_class_subdirs_and_grid(net_files, tmp_path):
     assert sorted(os.listdir(out / '001000')) == ['001000.png', '001001.png', '001002.png']
     images = read_images(out, range(998, 1003), subdirs=True)
     tiled = np.array(PIL.Image.open(grid))
-    assert tiled.shape == (2 * 8, 3 * 8) # 5 images: 3 columns, 2 rows
-    assert np.array_equal(tiled[8:16, 0:8], images[1001])
-    assert not tiled[8:16, 16:24].any() # the empty cell
+    assert tiled.shape == (2 * 32, 3 * 32) # 5 images: 3 columns, 2 rows; 8x8 tiles enlarged 4x
+    assert np.array_equal(tiled[32:64:4, 0:32:4], images[1001])
+    assert np.array_equal(tiled[32:64, 0:32], images[1001].repeat(4, axis=0).repeat(4, axis=1))
+    assert not tiled[32:64, 64:96].any() # the empty cell
     # The fixed class changes what the seeds give.
     code, _ = run_cli([f'--network={net_files["pkl"]}', f'--outdir={tmp_path / "c0"}', '--seeds=998-1002', '--subdirs', '--class=0', '--steps=3'])
     assert code == 0
