@@ -28,6 +28,8 @@ def load_metric_detector(metric, detector_path=None, device='cpu'):
     name, opts = METRICS[metric]
     if name == 'inception':
         opts = dict(opts, verbose=(dist.get_rank() == 0))
+    if name == 'dinov2':
+        opts = dict(opts, download=True) # As EDM2's FD_DINOv2: torch.hub fetches what its cache lacks.
     # Rank 0 first, so that a download lands in the cache once.
     if dist.get_rank() != 0:
         dist.barrier()

@@ -32,7 +32,7 @@ def load_images(path):
     dataset = ImageFolderDataset(path, use_labels=False, xflip=False)
     images = np.stack([dataset[i][0] for i in range(len(dataset))])
     raw = [dataset.get_raw_index(i) for i in range(len(dataset))]
-    names = [dataset._image_fnames[r] for r in raw] # pylint: disable=protected-access
+    names = [dataset.get_fname(r) for r in raw]
     dataset.close()
     return torch.from_numpy(images), names, np.asarray(raw, dtype=np.int64)
 
@@ -95,25 +95,7 @@ def make_detector(name, path=None, device='cpu', arch=None, preprocess=None):
         if arch not in DINOV2_ARCHS:
             raise dnnlib.util.UserError(f'Unknown DINOv2 arch {arch!r}; choose {"|".join(DINOV2_ARCHS)}')
         opts = dict(arch=f'dinov2_{arch}', preprocess=preprocess or 'ambient')
-        if path is None:
-            _require_hub_cache(opts['arch'])
-    try:
-        return load_detector(name, path=path, device=device, **opts)
-    except dnnlib.util.UserError as e:
-        # The registry names fid.py's option; this CLI takes the weights through --detector-path.
-        raise dnnlib.util.UserError(e.message.replace('--detector=', '--detector-path=')) from None
-
-
-def _require_hub_cache(arch):
-    """Refuse at once, instead of letting torch.hub try the network, when DINOv2 is not in the hub cache."""
-    hub = torch.hub.get_dir()
-    repo = os.path.join(hub, 'facebookresearch_dinov2_main')
-    weights = os.path.join(hub, 'checkpoints', f'{arch}_pretrain.pth')
-    if not (os.path.isdir(repo) and os.path.isfile(weights)):
-        raise dnnlib.util.UserError(
-            f'DINOv2 {arch} is not in the torch hub cache ({hub}); pass --detector-path=DIR (a local clone of facebookresearch/'
-            f'dinov2 holding the weights) or FILE (a {arch}_pretrain.pth state dict, with the repo in that cache), or prefill the cache online with '
-            f'python -c "import torch; torch.hub.load(\'facebookresearch/dinov2\', \'{arch}\')"')
+    return load_detector(name, path=path, device=device, option='--detector-path', **opts)
 
 
 def detector_info(detector, arch=None):

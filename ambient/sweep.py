@@ -195,9 +195,13 @@ def train_model(cfg, tools, run, data_path, sigma_tn):
 
 
 def list_snapshots(outdir):
-    """[(kimg, path)] of the network snapshots in a run directory, by kimg; the untrained kimg-0 one excluded."""
+    """[(kimg, path)] of the network snapshots in a run directory, by kimg; the untrained kimg-0 one excluded.
+
+    The .safetensors twin of a pickle is preferred: loading it runs no code from the file.
+    """
     snaps = glob.glob(os.path.join(glob.escape(outdir), 'network-snapshot-*.pkl'))
-    return sorted((_kimg_of(p), p) for p in snaps if _kimg_of(p) > 0)
+    twin = lambda p: p[:-len('.pkl')] + '.safetensors'
+    return sorted((_kimg_of(p), twin(p) if os.path.isfile(twin(p)) else p) for p in snaps if _kimg_of(p) > 0)
 
 
 def choose_snapshots(snaps, every):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import pickle
 import zipfile
 
@@ -61,6 +62,8 @@ def test_max_size_uses_edms_seeded_subset(digits):
     other = ImageFolderDataset(digits.folder, max_size=10, random_seed=4)
     assert [other.get_raw_index(i) for i in range(10)] != expected.tolist()
     assert len(ImageFolderDataset(digits.folder, max_size=NUM + 5)) == NUM
+    names = sorted(p.relative_to(digits.folder).as_posix() for p in pathlib.Path(digits.folder).rglob('*.png'))
+    assert [ds.get_fname(ds.get_raw_index(i)) for i in range(10)] == [names[r] for r in expected]
 
 def test_xflip_doubles_after_max_size(digits):
     ds = ImageFolderDataset(digits.zip, use_labels=True, max_size=6, xflip=True, random_seed=1)

@@ -126,6 +126,14 @@ def test_dinov2_from_local_hub_repo(tmp_path):
         detectors.load_detector('dinov2', path=str(tmp_path), arch='dinov2_vitl14', preprocess='bogus')
 
 
+def test_dinov2_not_in_hub_cache_is_refused_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty-torch-home'))
+    monkeypatch.setattr(torch.hub, 'load', lambda *a, **k: pytest.fail('torch.hub must not be asked'))
+    with pytest.raises(dnnlib.util.UserError, match='not in the torch hub cache') as info:
+        detectors.load_detector('dinov2', option='--detector-path')
+    assert '--detector-path=PATH' in info.value.message and '\n' not in info.value.message
+
+
 def test_dinov2_errors(tmp_path):
     with pytest.raises(dnnlib.util.UserError) as info:
         detectors.load_detector('dinov2', path=str(tmp_path / 'absent.pth'))

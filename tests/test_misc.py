@@ -18,7 +18,7 @@ def test_sampler_is_seeded_and_covers_dataset():
     assert a != take(misc.InfiniteSampler(data, seed=1), 20)
     assert sorted(take(misc.InfiniteSampler(data, shuffle=False), 20)) == data
 
-@pytest.mark.parametrize('start', [0, 1, 7, 33])
+@pytest.mark.parametrize('start', [0, 1, 7, 33, 70001])
 def test_sampler_resume_replays_exactly(start):
     data = list(range(13))
     full = take(misc.InfiniteSampler(data, seed=5), start + 30)

@@ -63,16 +63,32 @@ class InfiniteSampler(torch.utils.data.Sampler):
             rnd = np.random.RandomState(self.seed)
             rnd.shuffle(order)
             window = int(np.rint(order.size * self.window_size))
-        pos = 0
         skip = self.start_idx * self.num_replicas # Global positions already consumed by all ranks.
+        if window >= 2:
+            order = _replay_window_shuffle(order, rnd, window, skip)
+        pos = skip
         while True:
             i = pos % order.size
-            if pos >= skip and pos % self.num_replicas == self.rank:
+            if pos % self.num_replicas == self.rank:
                 yield int(order[i])
             if window >= 2:
                 j = (i - rnd.randint(window)) % order.size
                 order[i], order[j] = order[j], order[i]
             pos += 1
+
+def _replay_window_shuffle(order, rnd, window, count, chunk=1 << 16):
+    """Apply the first `count` swaps of the windowed shuffle; same result and RNG state as stepping one by one."""
+    # RandomState.randint(window, size=k) yields the same values as k scalar calls, so draw in chunks.
+    items = order.tolist()
+    size = len(items)
+    for start in range(0, count, chunk):
+        offsets = rnd.randint(window, size=min(chunk, count - start)).tolist()
+        i = start % size
+        for r in offsets:
+            j = (i - r) % size
+            items[i], items[j] = items[j], items[i]
+            i = i + 1 if i + 1 < size else 0
+    return np.array(items, dtype=order.dtype)
 
 #----------------------------------------------------------------------------
 

@@ -231,6 +231,10 @@ class ImageFolderDataset(Dataset):
     def _raw_name(self, raw_idx):
         return f'{self._image_fnames[raw_idx]} in {self._path}'
 
+    def get_fname(self, raw_idx):
+        """File name (inside the folder or zip) of the image with this raw index."""
+        return self._image_fnames[raw_idx]
+
     def close(self):
         try:
             if self._zipfile is not None and self._zipfile_pid == os.getpid():

@@ -112,9 +112,9 @@ class PixelDetector:
 
 #----------------------------------------------------------------------------
 
-def _load_inception(path, device, verbose=True):
+def _load_inception(path, device, option, verbose=True):
     source = path or INCEPTION_URL
-    how = 'download inception-2015-12-05.pkl elsewhere and pass --detector=/path/to/inception-2015-12-05.pkl'
+    how = f'download inception-2015-12-05.pkl elsewhere and pass {option}=/path/to/inception-2015-12-05.pkl'
     try:
         with dnnlib.util.open_url(source, verbose=verbose) as f:
             model = pickle.load(f)
@@ -133,11 +133,23 @@ def _dinov2_from_hub(arch, source_dir=None, pretrained=True):
     return torch.hub.load(DINOV2_REPO, arch, pretrained=pretrained, trust_repo=True, verbose=False, skip_validation=True)
 
 
-def _load_dinov2(path, device, arch='dinov2_vitg14', preprocess='ambient'):
+def _in_hub_cache(arch):
+    """True when torch.hub can build DINOv2 `arch` from its cache alone (repo and weights present)."""
+    hub = torch.hub.get_dir()
+    repo = os.path.join(hub, DINOV2_REPO.replace('/', '_') + '_main')
+    weights = os.path.join(hub, 'checkpoints', f'{arch}_pretrain.pth')
+    return os.path.isdir(repo) and os.path.isfile(weights)
+
+
+def _load_dinov2(path, device, option, arch='dinov2_vitg14', preprocess='ambient', download=False):
     if arch not in DINOV2_DIMS:
         raise dnnlib.util.UserError(f'Unknown DINOv2 arch {arch!r}; choose {"|".join(DINOV2_DIMS)}')
-    how = (f'pass --detector=/path/to/{arch} checkpoint (a local clone of {DINOV2_REPO}, or a state-dict .pth '
-           f'with that repo in the torch hub cache), or prefill the torch hub cache ({torch.hub.get_dir()})')
+    how = (f'pass {option}=PATH (a local clone of {DINOV2_REPO} holding the weights, or a {arch}_pretrain.pth '
+           f'state dict with that repo in the torch hub cache), or prefill the torch hub cache ({torch.hub.get_dir()}) '
+           f'online: python -c "import torch; torch.hub.load(\'{DINOV2_REPO}\', \'{arch}\')"')
+    # Offline, torch.hub would try the network and may hang behind a proxy: refuse at once instead.
+    if path is None and not download and not _in_hub_cache(arch):
+        raise dnnlib.util.UserError(f'DINOv2 {arch} is not in the torch hub cache; {how}')
     try:
         if path is None:
             model = _dinov2_from_hub(arch)
@@ -159,16 +171,17 @@ def _load_dinov2(path, device, arch='dinov2_vitg14', preprocess='ambient'):
     return DINOv2Detector(model, device, preprocess=preprocess, feature_dim=DINOV2_DIMS[arch])
 
 
-def load_detector(name, path=None, device='cpu', **opts):
+def load_detector(name, path=None, device='cpu', option='--detector', **opts):
     """Return the detector `name` (inception|dinov2|pixel); `path` is a local weights file instead of the download.
 
-    opts: dinov2 takes arch= (dinov2_vitg14 default, dinov2_vitl14, ...) and preprocess= (ambient|standard);
-    inception takes verbose=. Raises UserError, saying how to provide the weights, when they cannot be loaded.
+    opts: dinov2 takes arch= (dinov2_vitg14 default, dinov2_vitl14, ...), preprocess= (ambient|standard) and
+    download= (let torch.hub fetch what its cache lacks); inception takes verbose=. Raises UserError, saying how
+    to provide the weights (through the CLI option named by `option`), when they cannot be loaded.
     """
     if name == 'inception':
-        return _load_inception(path, device, **opts)
+        return _load_inception(path, device, option, **opts)
     if name == 'dinov2':
-        return _load_dinov2(path, device, **opts)
+        return _load_dinov2(path, device, option, **opts)
     if name == 'pixel':
         if path is not None or opts:
             raise dnnlib.util.UserError('The pixel detector takes no weights or options')
