@@ -107,7 +107,7 @@ def _parse_seeds(ctx, param, value): # pylint: disable=unused-argument
 @click.option('--subdirs',                 help='Create subdirectory for every 1000 seeds',                         is_flag=True)
 @click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                    type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                                type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--grid',                    help='Also tile all images into this PNG (keep it out of --outdir)', metavar='PNG', type=str, default=None)
+@click.option('--grid',                    help='Also tile all images into one PNG  [alone: OUTDIR-grid.png]', metavar='[PNG]', type=str, default=None, is_flag=False, flag_value='')
 
 @click.option('--steps', 'num_steps',      help='Number of sampling steps', metavar='INT',                          type=click.IntRange(min=1), default=18, show_default=True)
 @click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=click.FloatRange(min=0, min_open=True))
@@ -131,8 +131,8 @@ def main(**kwargs):
     Examples:
 
     \b
-    # 64 images from a snapshot into out/*.png, plus a grid
-    python generate.py --outdir=out --seeds=0-63 --grid=grid.png \\
+    # 64 images from a snapshot into out/*.png, plus a grid out-grid.png
+    python generate.py --outdir=out --seeds=0-63 --grid \\
         --network=training-runs/00000-run/network-snapshot-000100.safetensors
 
     \b
@@ -141,6 +141,8 @@ def main(**kwargs):
         --network=https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl
     """
     dist.init()
+    if kwargs['grid'] == '': # Bare --grid: a sibling of the image folder, so that fid.py never reads it as a sample.
+        kwargs['grid'] = os.path.normpath(kwargs['outdir']) + '-grid.png'
     generate(**kwargs)
     dist.shutdown() # Only on success: after an error the other ranks may never reach this barrier.
 

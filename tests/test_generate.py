@@ -8,30 +8,22 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 from click.testing import CliRunner
 
 import generate
 from training.snapshot import save_network_safetensors
-
-networks = pytest.importorskip('training.networks')
 
 SAMPLER_ARGS = ['--steps=4', '--S_churn=10', '--S_min=0.01', '--S_max=50']
 
 #----------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def net_files(tmp_path_factory):
-    """A tiny conditional grey 8x8 EDMPrecond (weights perturbed so every layer matters), as .pkl and .safetensors."""
+def net_files(tmp_path_factory, make_tiny_cond_net):
+    """The tiny conditional test network as .pkl and .safetensors."""
     root = tmp_path_factory.mktemp('nets')
-    torch.manual_seed(0)
-    net = networks.EDMPrecond(img_resolution=8, img_channels=1, label_dim=3, model_type='SongUNet', model_channels=16,
-                              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    net = make_tiny_cond_net()
     pkl = root / 'network-snapshot-000000.pkl'
-    pkl.write_bytes(pickle.dumps(dict(ema=net.eval())))
+    pkl.write_bytes(pickle.dumps(dict(ema=net)))
     st = root / 'network-snapshot-000000.safetensors'
     save_network_safetensors(net, str(st))
     return dict(pkl=str(pkl), safetensors=str(st))
@@ -119,3 +111,12 @@ def test_bad_input_gives_one_error_line(net_files, tmp_path, args, needle):
     assert not out.exists() or not os.listdir(out)
 
 #----------------------------------------------------------------------------
+
+
+def test_bare_grid_flag_writes_a_sibling_png(net_files, tmp_path):
+    out = tmp_path / 'out'
+    code, text = run_cli([f'--network={net_files["safetensors"]}', f'--outdir={out}', '--seeds=0-3', '--grid', '--steps=2'])
+    assert code == 0, text
+    grid = np.array(PIL.Image.open(tmp_path / 'out-grid.png'))
+    assert grid.shape == (2 * 32, 2 * 32)
+    assert sorted(os.listdir(out)) == [f'{s:06d}.png' for s in range(4)] # Nothing but samples in the folder.
