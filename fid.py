@@ -103,14 +103,13 @@ def calculate_stats(image_path, detector, num_expected=None, seed=0, max_batch_s
     batches = torch.arange(len(dataset_obj)).tensor_split(num_batches)[dist.get_rank()::world]
     # Worker processes pay off only when a GPU does the detector work.
     workers = dict(num_workers=3, prefetch_factor=2, multiprocessing_context='spawn') if device.type == 'cuda' else {}
-    loader = torch.utils.data.DataLoader(dataset_obj, batch_sampler=[b.tolist() for b in batches], **workers)
+    # Fewer images than ranks leave some batches empty, which the default collate cannot stack.
+    loader = torch.utils.data.DataLoader(dataset_obj, batch_sampler=[b.tolist() for b in batches if len(b)], **workers)
 
     feature_dim = detector.feature_dim or int(np.prod(dataset_obj.image_shape))
     stats = FeatureStats(feature_dim, device=device)
     dist.print0(f'Calculating statistics for {len(dataset_obj)} images...')
     for images, _labels in tqdm.tqdm(loader, unit='batch', disable=(dist.get_rank() != 0)):
-        if images.shape[0] == 0:
-            continue
         stats.add(detector(images.to(device)))
     stats.all_reduce()
     return stats.mean_cov()
@@ -198,6 +197,8 @@ def calc(image_path, ref_path, num_expected, seed, batch, detector_path, metric)
 @_metric_option
 def ref(dataset_path, dest_path, batch, detector_path, metric):
     """Calculate dataset reference statistics needed by 'calc'."""
+    if os.path.isdir(dest_path): # Checked before the statistics, which may take hours.
+        raise dnnlib.util.UserError(f'--dest: {dest_path} is a directory; give a .npz file name')
     dist.init()
     device = dist.get_device()
     detector = load_metric_detector(metric, detector_path, device)

@@ -59,6 +59,10 @@ def save_grid(paths, dest):
 def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batch_size=64, grid=None, device=None, **sampler_kwargs):
     """Write one PNG per seed (this rank's share of the seeds); rank 0 also writes the grid."""
     device = dist.get_device() if device is None else torch.device(device)
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise dnnlib.util.UserError(f'--outdir: {outdir} exists and is not a directory')
+    if grid is not None and os.path.isdir(grid):
+        raise dnnlib.util.UserError(f'--grid: {grid} is a directory; give a .png file name')
 
     # Rank 0 first, so that a download lands in the cache once.
     if dist.get_rank() != 0:

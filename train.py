@@ -120,23 +120,21 @@ def _pick_seed(opts, state):
     return int(seed)
 
 def _resume_config(c, opts):
-    """Transfer/resume options; returns the training state being resumed (or None)."""
+    """Transfer/resume options as (training_loop() arguments, training state being resumed or None)."""
     from training import training_loop # Imported late: the options above need no network code.
     if opts.transfer is not None:
         if opts.resume is not None:
             raise dnnlib.util.UserError('--transfer and --resume cannot be specified at the same time')
         if not dnnlib.util.is_url(opts.transfer, allow_file_urls=True) and not os.path.isfile(opts.transfer):
             raise dnnlib.util.UserError(f'--transfer: no such file: {opts.transfer}')
-        c.resume_pkl = opts.transfer
-        c.ema_rampup_ratio = None
-        return None
+        return dnnlib.EasyDict(resume_pkl=opts.transfer, ema_rampup_ratio=None), None
     if opts.resume is None:
-        return None
-    c.resume_state_dump = training_loop.find_training_state(opts.resume)
-    state = training_loop.load_training_state(c.resume_state_dump)
+        return dnnlib.EasyDict(), None
+    resume_state_dump = training_loop.find_training_state(opts.resume)
+    state = training_loop.load_training_state(resume_state_dump)
     training_loop.check_resume_compatible(state, network_kwargs=c.network_kwargs, loss_kwargs=c.loss_kwargs,
                                           dataset_kwargs=c.dataset_kwargs)
-    return state
+    return dnnlib.EasyDict(resume_state_dump=resume_state_dump), state
 
 def build_config(opts):
     """All training_loop() arguments for the parsed options; (config, run description). Raises UserError on bad input."""
@@ -167,8 +165,9 @@ def build_config(opts):
         c.bf16 = True
     from training import training_loop
     training_loop.split_batch(opts.batch, opts.batch_gpu) # Fail now rather than after creating the run directory.
-    state = _resume_config(c, opts)
+    resume_kwargs, state = _resume_config(c, opts)
     c.seed = _pick_seed(opts, state)
+    c.update(resume_kwargs) # After the seed, as EDM orders training_options.json.
 
     cond_str = 'cond' if c.dataset_kwargs.use_labels else 'uncond'
     dtype_str = 'fp16' if opts.fp16 else ('bf16' if opts.bf16 else 'fp32')

@@ -37,7 +37,7 @@ def configure(c, opts):
         raise dnnlib.util.UserError('--loss=ambient requires --sigma_tn')
     sigma_tn = float(sigma_tn)
     if math.isnan(sigma_tn) or sigma_tn <= 0:
-        raise dnnlib.util.UserError(f'--sigma_tn must be > 0, got {sigma_tn}')
+        raise dnnlib.util.UserError(f'--sigma_tn must be a number > 0, got {sigma_tn:g}')
     if sigma_tn >= sigma_max:
         raise dnnlib.util.UserError(f'--sigma_tn={sigma_tn:g} must be below the preconditioner\'s sigma_max={sigma_max:g}')
     split = opts.get('ambient_split') or 'edm'

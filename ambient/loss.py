@@ -80,7 +80,9 @@ class _AmbientMixin:
             return sigma, noisy
         # Algorithm 1: a fair coin picks the regime, sigma comes from the distribution truncated to it.
         noisy = torch.rand([n, 1, 1, 1], device=device) < 0.5
-        u = torch.rand([n, 1, 1, 1], device=device).to(torch.float64)
+        # torch.rand returns multiples of 2^-24 including 0; shifting to the midpoints keeps u in the open (0, 1),
+        # since u = 0 would put EDM's clean draw at the normal quantile of 0, i.e. sigma = 0 (an infinite weight).
+        u = torch.rand([n, 1, 1, 1], device=device).to(torch.float64) + 2 ** -25
         p_clean = self.p_clean()
         # In the noisy regime work with upper-tail probabilities, which keep their precision near 1.
         p = torch.where(noisy, (1 - u) * (1 - p_clean), u * p_clean)

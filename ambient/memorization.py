@@ -1,6 +1,22 @@
-"""Memorization metrics: each generated image's nearest training images in a detector's feature space."""
+"""Memorization metrics: each generated image's nearest training images in a detector's feature space.
+
+The default (`--detector=dinov2`, arch vitg14, preprocess ambient) is the measure of the authors'
+find_dataset_neighbors.py (kulinshah98/memorization_noisy_data): DINOv2 ViT-g/14 from torch.hub, its
+forward output (the normalised class token), inputs in [0, 1] reflect-padded to a multiple of the 14-pixel
+patch without resizing or ImageNet normalisation; features are L2-normalised and the similarity of a sample
+is its largest dot product (cosine) with any training image. Their script limits the generated images with
+--max_size (5000 in scripts/memorization_metrics.sh; EDM's seeded subset); ours takes the same option but
+defaults to all images. Both compare against every training image.
+
+Differences: grey images are repeated to three channels; samples are featurised in batches, not one by one
+(float32 rounding only); the authors' script stores the raw top-1 similarities (and a softmax over them)
+without thresholds, while we report the fraction above each of THRESHOLDS, the top-2 neighbours and a
+pixel-space copy criterion they do not compute (Yoon et al. 2023, Gu et al. 2023: nearest / second-nearest
+L2 distance < 1/3, images in [-1, 1], searched exactly in float64).
+"""
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -20,16 +36,19 @@ from training.dataset import ImageFolderDataset
 from training.detectors import load_detector
 
 THRESHOLDS = (0.85, 0.875, 0.9, 0.925, 0.95) # The paper's Table 1.
-RATIO_THRESHOLD = 1 / 3                        # Carlini et al. 2023: nearest < 1/3 of the second-nearest.
+RATIO_THRESHOLD = 1 / 3                        # nearest < 1/3 of the second-nearest (Yoon et al. 2023; Gu et al. 2023; in the spirit of Carlini et al. 2023).
 DINOV2_ARCHS = ('vitg14', 'vitl14')
 GRID_PAIRS = 16
 
 #----------------------------------------------------------------------------
 # Inputs.
 
-def load_images(path):
-    """All images of a folder or zip as a uint8 NCHW tensor, with their file names (sorted as the dataset)."""
-    dataset = ImageFolderDataset(path, use_labels=False, xflip=False)
+def load_images(path, max_size=None):
+    """Images of a folder or zip as a uint8 NCHW tensor, with file names and raw indices (sorted as the dataset).
+
+    max_size keeps EDM's seeded random subset of that many images (random_seed 0), as the authors' --max_size.
+    """
+    dataset = ImageFolderDataset(path, use_labels=False, xflip=False, max_size=max_size)
     images = np.stack([dataset[i][0] for i in range(len(dataset))])
     raw = [dataset.get_raw_index(i) for i in range(len(dataset))]
     names = [dataset.get_fname(r) for r in raw]
@@ -152,12 +171,21 @@ def featurize_distributed(detector, images, batch=64):
     return gather_strided(local, images.shape[0])
 
 
-def train_features(detector, images, raw_indices, cache_dir, arch=None, batch=64, verbose=True):
+def weights_id(path):
+    """A cheap identity of local detector weights (absolute path, size, mtime); None for the default weights."""
+    if path is None:
+        return None
+    st = os.stat(path) if os.path.exists(path) else None
+    return [os.path.abspath(path), st.st_size if st else None, st.st_mtime_ns if st else None]
+
+
+def train_features(detector, images, raw_indices, cache_dir, arch=None, batch=64, verbose=True, detector_path=None):
     """Detector features of the training images, read from / written to an on-disk cache keyed by content."""
     info = detector_info(detector, arch)
     # The pixel detector learns its width on first use, so the width is checked on load, not hashed.
+    # Local weights (--detector-path) are part of the key: other weights give other features.
     key = hashlib.sha256(json.dumps([content_hash(images, raw_indices), info['name'], info['preprocess'],
-                                     info['arch']]).encode()).hexdigest()[:32]
+                                     info['arch'], weights_id(detector_path)]).encode()).hexdigest()[:32]
     path = os.path.join(cache_dir, f'train-{info["name"]}-{key}.npy')
     if os.path.isfile(path):
         feats = np.load(path)
@@ -181,7 +209,7 @@ def train_features(detector, images, raw_indices, cache_dir, arch=None, batch=64
 def _top2(search, queries, keys, fill, chunk):
     """search()'s top-2, padded with (fill, -1) where there are fewer than two keys; empty without queries."""
     if queries.shape[0] == 0:
-        return torch.zeros([0, 2]), torch.zeros([0, 2], dtype=torch.int64)
+        return torch.zeros([0, 2], dtype=queries.dtype), torch.zeros([0, 2], dtype=torch.int64)
     v, i = search(queries, keys, k=2, chunk=chunk)
     if v.shape[1] < 2:
         v = torch.cat([v, torch.full_like(v, fill)], dim=1)
@@ -196,7 +224,10 @@ def nearest_neighbors(detector, images, train_feats, train_pixels, batch=64, chu
     feats = featurize(detector, local, batch).to(device)
     sims, nn = _top2(nn_search.cosine_topk, feats, train_feats.to(device), -1.0, chunk)
     # Pixel L2 on uint8 values, rescaled afterwards: the ratio does not depend on the map to [-1, 1].
-    dists, l2nn = _top2(nn_search.l2_topk, local.flatten(1).to(device, torch.float32), train_pixels, torch.inf, chunk)
+    # float64 makes every product of integer pixels exact, so copies and near-copies are ranked exactly
+    # (float32 rounding in 2<q,b> - |b|^2 exceeds the gap between near-duplicates).
+    l2_search = functools.partial(nn_search.l2_topk, backend='torch') # faiss would search in float32
+    dists, l2nn = _top2(l2_search, local.flatten(1).to(device, torch.float64), train_pixels, torch.inf, chunk)
     dists = dists / 127.5
     # 0/0 (a sample equal to two identical training images) counts as a copy; without a second image the
     # ratio is undefined (NaN, never counted).
@@ -285,7 +316,8 @@ def compute_memorization(images, train_dataset_path, detector='dinov2', detector
 
     cache_dir = cache_dir or dnnlib.make_cache_dir_path('memorization')
     train = dnnlib.EasyDict(images=train_images, raw=raw, pixels=train_images.flatten(1),
-                            features=train_features(detector, train_images, raw, cache_dir, arch, batch, verbose))
+                            features=train_features(detector, train_images, raw, cache_dir, arch, batch, verbose,
+                                                    detector_path=detector_path))
     if verbose:
         dist.print0(f'Searching nearest neighbours of {images.shape[0]} samples...')
     samples, summary = _evaluate(detector, images, train, thresholds, batch, chunk)
@@ -390,6 +422,9 @@ def write_outputs(dest, result, names, grid_pairs=GRID_PAIRS):
         'nearest.png': _png_bytes(grid),
         'metrics.json': (json.dumps(result.metrics, indent=2) + '\n').encode(), # Last: its presence marks a finished run.
     }
+    # A metrics.json left by an earlier run must not vouch for a half-replaced set of files.
+    if os.path.isfile(os.path.join(dest, 'metrics.json')):
+        os.remove(os.path.join(dest, 'metrics.json'))
     for fname, data in outputs.items():
         dnnlib.util.atomic_write_bytes(os.path.join(dest, fname), data)
 
@@ -415,7 +450,8 @@ def cli():
 @click.option('--chunk', help='Rows per block of the neighbour search', metavar='INT', type=click.IntRange(min=1), default=nn_search.DEFAULT_CHUNK, show_default=True)
 @click.option('--cache-dir', help='Training-feature cache  [default: dnnlib cache]', metavar='DIR', type=str)
 @click.option('--resize', help='Resize samples to the training resolution', is_flag=True)
-def calc(images, data, detector, detector_path, arch, preprocess, dest, thresholds, reference, batch, chunk, cache_dir, resize):
+@click.option('--max_size', help='Evaluate a seeded random subset of this many generated images  [default: all]', metavar='INT', type=click.IntRange(min=1))
+def calc(images, data, detector, detector_path, arch, preprocess, dest, thresholds, reference, batch, chunk, cache_dir, resize, max_size):
     """Nearest training images of generated images; writes metrics.json, neighbors.csv, histogram.png, nearest.png.
 
     \b
@@ -426,14 +462,17 @@ def calc(images, data, detector, detector_path, arch, preprocess, dest, threshol
     torchrun --standalone --nproc_per_node=2 -m ambient.memorization calc --images=out \\
         --data=train.zip --reference=heldout.zip --dest=mem
     """
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise dnnlib.util.UserError(f'--dest: {dest} exists and is not a directory')
     dist.init()
     thresholds = parse_thresholds(thresholds)
     dist.print0(f'Loading generated images {images}...')
-    sample_images, names, _ = load_images(images)
+    sample_images, names, _ = load_images(images, max_size=max_size)
     result = compute_memorization(sample_images, data, detector=detector, detector_path=detector_path, arch=arch,
                                   preprocess=preprocess, thresholds=thresholds, reference=reference, batch=batch,
                                   chunk=chunk, cache_dir=cache_dir, resize=resize)
     result.metrics['images'] = images
+    result.metrics['max_size'] = max_size
     if dist.get_rank() == 0:
         write_outputs(dest, result, names)
         m = result.metrics

@@ -4,6 +4,7 @@ import torch
 
 DEFAULT_CHUNK = 4096        # score blocks hold at most chunk x chunk values (64 MiB in float32)
 FAISS_MIN_KEYS = 200_000    # below this the chunked torch search is as fast and needs no extra package
+RERANK_EXTRA = 8            # extra L2 candidates re-ranked by exact distances
 
 
 def _faiss():
@@ -35,9 +36,10 @@ def _chunked_max_topk(queries, keys, k, chunk, score_fn):
     n, m = queries.shape[0], keys.shape[0]
     k = min(k, m)
     chunk = max(int(chunk), 1)
-    # Fewer queries than chunk leave room for wider key blocks under the same chunk*chunk budget.
+    # Fewer queries than chunk leave room for wider key blocks under the same chunk*chunk budget;
+    # a converted key block (uint8 pixels to float) also stays within that budget.
     q_step = max(1, min(chunk, n))
-    k_step = max(chunk, chunk * chunk // q_step)
+    k_step = max(chunk, min(chunk * chunk // q_step, chunk * chunk // max(1, keys.shape[1])))
     device = queries.device
     out_v = torch.empty([n, k], dtype=queries.dtype, device=device)
     out_i = torch.empty([n, k], dtype=torch.int64, device=device)
@@ -91,30 +93,46 @@ def cosine_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto'):
     return v.clamp(-1, 1), i
 
 
+def _sort_by_value_then_index(values, indices):
+    """Reorder each row by ascending value, ties broken by the lower index, so ties never depend on chunking."""
+    indices, order = indices.sort(dim=1, stable=True)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, stable=True)
+    return values, indices.gather(1, order)
+
+
 def l2_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto'):
-    """Exact k nearest keys of every query in L2 distance: (distances [N, k] ascending, indices [N, k])."""
+    """Exact k nearest keys of every query in L2 distance: (distances [N, k] ascending, indices [N, k]).
+
+    The search runs in the queries' dtype: float64 queries make it exact for integer-valued data (pixels).
+    Equal distances are listed by key index; when more than k + RERANK_EXTRA keys tie, which of them
+    are returned is unspecified.
+    """
     queries = torch.as_tensor(queries)
     queries = queries if queries.is_floating_point() else queries.to(torch.float32)
     keys = torch.as_tensor(keys)
     _check(queries, keys, k)
+    k = min(k, keys.shape[0])
+    # The expanded form below ranks keys with rounding error that grows with |q| |b|; a few extra
+    # candidates, re-ranked by directly computed distances, absorb most of it in float32.
+    num_candidates = min(keys.shape[0], k + RERANK_EXTRA)
     if _use_faiss(backend, keys.shape[0], queries.device):
         faiss = _faiss()
         index = faiss.IndexFlatL2(keys.shape[1])
         index.add(keys.cpu().float().contiguous().numpy())
-        _, i = index.search(queries.cpu().float().contiguous().numpy(), min(k, keys.shape[0]))
+        _, i = index.search(queries.cpu().float().contiguous().numpy(), num_candidates)
         i = torch.from_numpy(i).to(queries.device)
     else:
         # Maximising 2<q,b> - |b|^2 ranks keys by distance without forming q - b.
         def score(q, b):
             return 2 * (q @ b.T) - b.square().sum(dim=1)[None, :]
-        _, i = _chunked_max_topk(queries, keys, k, chunk, score)
-    # The expanded form loses precision for near-duplicates (distance ~0); recompute the few chosen
-    # distances directly so that exact copies give 0.
+        _, i = _chunked_max_topk(queries, keys, num_candidates, chunk, score)
+    # Distances of the candidates computed directly, so that exact copies give exactly 0.
     d = torch.empty(i.shape, dtype=queries.dtype, device=queries.device)
-    chunk = max(int(chunk), 1)
-    for q0 in range(0, queries.shape[0], chunk):
-        sel = i[q0 : q0 + chunk]
+    rows = max(1, max(int(chunk), 1) // num_candidates)
+    for q0 in range(0, queries.shape[0], rows):
+        sel = i[q0 : q0 + rows]
         chosen = keys[sel.to(keys.device)].to(device=queries.device, dtype=queries.dtype)
-        d[q0 : q0 + chunk] = (queries[q0 : q0 + chunk, None, :] - chosen).norm(dim=2)
-    d, order = d.sort(dim=1, stable=True)
-    return d, i.gather(1, order)
+        d[q0 : q0 + rows] = (queries[q0 : q0 + rows, None, :] - chosen).norm(dim=2)
+    d, i = _sort_by_value_then_index(d, i)
+    return d[:, :k], i[:, :k]

@@ -2,7 +2,8 @@
 
 Every stage runs one of the project's CLIs as a subprocess (dataset_tool.py, train.py, generate.py,
 `python -m ambient.memorization`), or the in-process quality metric, and is skipped when its output
-exists. Outputs appear atomically (temporary name, then rename), so a sweep killed at any point resumes
+exists; an output made with other options (training subset, train.py options, --samples, --steps,
+--detector) is refused rather than reused. Outputs appear atomically (temporary name, then rename), so a sweep killed at any point resumes
 where it stopped; a half-trained model resumes from its latest training state (train.py --resume).
 """
 
@@ -130,6 +131,15 @@ class Runner:
 #----------------------------------------------------------------------------
 # Data.
 
+def check_subset(path, subset, data_seed):
+    """Refuse a training subset left by an earlier sweep with another --subset or --data-seed."""
+    meta = quality.read_dataset_json(path)
+    found = (len(meta.get('source_indices') or []), meta.get('subset_seed'))
+    if found != (subset, data_seed):
+        raise dnnlib.util.UserError(f'{path} holds a subset of {found[0]} images with seed {found[1]}, not '
+                                    f'--subset={subset} --data-seed={data_seed}; use another --outdir or delete it')
+
+
 def prepare_data(cfg, tools, run):
     """Training zip, and held-out real images with labels for the quality metric: EasyDict of paths."""
     d = dnnlib.EasyDict(train=cfg.data, heldout=cfg.heldout, full=None, name=None)
@@ -141,6 +151,8 @@ def prepare_data(cfg, tools, run):
         d.full = os.path.join(folder, 'full.zip')
         d.heldout = os.path.join(folder, 'heldout.zip')
         d.name = os.path.basename(os.path.normpath(cfg.source)).split('.')[0]
+        if os.path.isfile(d.train):
+            check_subset(d.train, cfg.subset, cfg.data_seed)
         for dest, extra in [(d.train, [f'--subset={cfg.subset}', f'--seed={cfg.data_seed}']), (d.full, [])]:
             if not os.path.isfile(dest):
                 _clear_stale(dest)
@@ -244,7 +256,15 @@ def eval_dir(cfg, sigma_tn, kimg):
 def generate_samples(cfg, tools, run, snapshot, folder):
     """samples/ (one PNG per seed 0..N-1, EMA weights) and grid.png of a snapshot."""
     samples, grid = os.path.join(folder, 'samples'), os.path.join(folder, 'grid.png')
+    options_path = os.path.join(folder, 'sampling.json')
+    options = dict(samples=cfg.samples, steps=cfg.steps)
     if os.path.isdir(samples) and os.path.isfile(grid):
+        # Reuse only samples drawn with the options the report will state.
+        found = _read_json(options_path) if os.path.isfile(options_path) else dict(samples=len(os.listdir(samples)),
+                                                                                    steps=cfg.steps)
+        if found != options:
+            raise dnnlib.util.UserError(f'{samples} holds {found["samples"]} samples of {found["steps"]} steps, not '
+                                        f'{cfg.samples} of {cfg.steps}; use another --outdir or delete it')
         return samples
     run.mkdir(folder)
     _clear_stale(samples)
@@ -253,6 +273,8 @@ def generate_samples(cfg, tools, run, snapshot, folder):
     run(tools['generate'] + [f'--network={snapshot}', f'--outdir={tmp}', f'--seeds=0-{cfg.samples - 1}',
                              f'--batch={cfg.gen_batch}', f'--steps={cfg.steps}', f'--grid={tmp_grid}'], 'generate')
     if not run.dry_run:
+        # The options go first: once samples/ and grid.png are in place, sampling.json describes them.
+        _write_json(options_path, options)
         os.replace(tmp_grid, grid)
         if os.path.isdir(samples):
             shutil.rmtree(samples)
@@ -262,7 +284,12 @@ def generate_samples(cfg, tools, run, snapshot, folder):
 
 def measure_memorization(cfg, tools, run, images, train_path, dest, reference=None):
     """memorization/ (metrics.json, neighbors.csv, histogram.png, nearest.png) of a folder of images."""
-    if os.path.isfile(os.path.join(dest, 'metrics.json')):
+    metrics = os.path.join(dest, 'metrics.json')
+    if os.path.isfile(metrics):
+        found = (_read_json(metrics).get('detector') or {}).get('name')
+        if found != cfg.detector:
+            raise dnnlib.util.UserError(f'{dest} was measured with --detector={found}, not {cfg.detector}; '
+                                        'use another --outdir or delete it')
         return
     _clear_stale(dest)
     tmp = _tmp(dest)
@@ -373,12 +400,16 @@ def report_text(cfg, summary):
              'memorized when its L2 distance (pixel space) to the nearest training image is less than 1/3 of its '
              'distance to the second-nearest (the ratio criterion); also reported: the fraction of samples whose '
              f'top-1 cosine similarity ({cfg.detector} features) to the training set exceeds each threshold, and the '
-             'mean top-1 similarity.',
+             'mean top-1 similarity.' + ('' if cfg.detector == 'dinov2' else ' The thresholds are the paper\'s, '
+             f'which it applies to DINOv2 features; on {cfg.detector} features these fractions are not comparable '
+             'with the paper\'s.'),
              f'- Quality: `{label}`, the Fréchet distance between samples and held-out real images (source images '
              'not in the training subset) in the penultimate-layer features of a small CNN classifier trained by '
              'this project on those held-out images (ambient/quality.py). It is not FID and is not comparable '
-             f'with published FID numbers; with {cfg.samples} samples it carries a small-sample bias that is the '
-             'same for every row.']
+             f'with published FID numbers. Every row uses {cfg.samples} samples (one set of seeds): an FD from '
+             'so few samples is biased upwards by an amount that depends on the samples\' own spread, and its '
+             'sampling variability was not measured: this run does not say how large a difference between rows is '
+             'meaningful.']
     if base:
         lines.append(f'- No-memorization baseline: the {base["num_samples"]} held-out real images measured the same '
                      f'way: ratio-criterion fraction {_pct(base["ratio_fraction"])}, mean top-1 similarity '
@@ -389,6 +420,7 @@ def report_text(cfg, summary):
     for s, r in sorted(final.items()):
         lines.append(f'| {_fmt(s)} | {r["kimg"]:.1f} | {_num(r["epochs"], 0)} | {_num(r["fd"])} | '
                      f'{_pct(r["ratio_fraction"])} | {_num(r["similarity_mean"], 3)} |')
+    lines += ['', f'Each fraction is over {cfg.samples} samples, so one sample is {_pct(1 / cfg.samples)} of it.']
     front = summary.get('pareto_front', [])
     if front:
         pts = ', '.join(f'sigma_tn={_fmt(rows[i]["sigma_tn"])} at {rows[i]["epochs"]:.0f} epochs '

@@ -253,8 +253,12 @@ def atomic_write_bytes(path, data):
     """Write bytes to path through a temporary file and rename, so readers never see a partial file."""
     path = os.fspath(path)
     tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): # Only after a failure: a successful replace consumed it.
+            os.remove(tmp)

@@ -128,6 +128,20 @@ def test_uniform_split_vp_conditions_on_sigma_tn():
     assert scipy.stats.kstest(t[~noisy.flatten().numpy()], scipy.stats.uniform(1e-5, t_tn - 1e-5).cdf).pvalue > 0.01
 
 
+@pytest.mark.parametrize('cls', [AmbientEDMLoss, AmbientVELoss, AmbientVPLoss])
+@pytest.mark.parametrize('coin', [0.0, 0.75])
+def test_uniform_split_extreme_uniform_draws_stay_finite(monkeypatch, cls, coin):
+    # torch.rand can return exactly 0; the truncated inverse CDF must still give a positive, finite sigma.
+    draws = iter([coin, 0.0])
+    monkeypatch.setattr(torch, 'rand', lambda shape, device=None: torch.full(shape, next(draws), device=device))
+    loss_fn = cls(sigma_tn=1.0, split='uniform')
+    sigma, noisy = loss_fn.sample_sigma_split(4, 'cpu')
+    assert bool((noisy == (coin < 0.5)).all())
+    assert bool(torch.isfinite(sigma).all()) and bool((sigma > 0).all())
+    assert bool(torch.isfinite(loss_fn.weight(sigma)).all())
+    assert bool((sigma >= 1.0).all()) if coin < 0.5 else bool((sigma < 1.0).all())
+
+
 def test_regime_decides_what_the_network_sees():
     # images = 0, so the input is sigma * n (clean regime) or sigma_tn eps + ... (noisy regime).
     eps = torch.randn([2, 3, 16, 16])

@@ -78,3 +78,11 @@ def test_open_url_unreachable_is_one_clear_error(http_server, tmp_path):
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path))
     assert util.make_cache_dir_path('downloads') == os.path.join(str(tmp_path), 'downloads')
+
+def test_atomic_write_bytes(tmp_path):
+    util.atomic_write_bytes(tmp_path / 'a.json', b'{}')
+    assert (tmp_path / 'a.json').read_bytes() == b'{}'
+    (tmp_path / 'dir').mkdir()
+    with pytest.raises(OSError):
+        util.atomic_write_bytes(tmp_path / 'dir', b'x') # Cannot replace a directory by a file.
+    assert sorted(os.listdir(tmp_path)) == ['a.json', 'dir'] # No temporary left behind.

@@ -143,6 +143,8 @@ def test_bad_inputs(image_dirs, tmp_path):
     PIL.Image.new('RGB', (16, 16)).save(single / 'x.png')
     _one_error(*run_fid(['ref', f'--data={single}', f'--dest={tmp_path / "s.npz"}', f'--detector={det}']), 'at least 2')
     assert not (tmp_path / 's.npz').exists()
+    _one_error(*run_fid(['ref', f'--data={a}', f'--dest={single}', f'--detector={det}']), 'is a directory')
+    assert not list(tmp_path.glob('*.tmp-*')) and os.listdir(single) == ['x.png']
 
 
 def test_offline_without_detector_prints_no_number(image_dirs, tmp_path, monkeypatch):
@@ -156,3 +158,16 @@ def test_offline_without_detector_prints_no_number(image_dirs, tmp_path, monkeyp
     assert not any(line.strip().replace('.', '', 1).isdigit() for line in (out + err).splitlines())
 
 #----------------------------------------------------------------------------
+
+
+def test_rank_without_images_reads_no_empty_batch(image_dirs, tmp_path, monkeypatch):
+    # 2 images over 3 ranks: rank 2's only batch is empty. It must yield no batch (an empty one cannot be
+    # collated); its zero count would be summed with the other ranks' in a real run.
+    det = detectors.load_detector('inception', path=str(make_standin_pickle(tmp_path)))
+    monkeypatch.setattr(fid.dist, 'get_world_size', lambda: 3)
+    monkeypatch.setattr(fid.dist, 'get_rank', lambda: 2)
+    seen = []
+    monkeypatch.setattr(fid.FeatureStats, 'add', lambda self, f: seen.append(f.shape[0]))
+    with pytest.raises(dnnlib.util.UserError, match='Found 0 images'):
+        fid.calculate_stats(str(image_dirs['a']), det, num_expected=2)
+    assert not seen

@@ -99,12 +99,16 @@ def test_class_subdirs_and_grid(net_files, tmp_path):
     (['--network={pkl}', '--seeds=a,b'], 'Invalid integer list'),
     (['--network={pkl}', '--seeds=1,1'], 'repeats'),
     (['--network={pkl}', '--class=3'], 'out of range'),
+    (['--network={pkl}', '--outdir={file}'], 'not a directory'),
+    (['--network={pkl}', '--grid={dir}'], 'is a directory'),
 ])
 def test_bad_input_gives_one_error_line(net_files, tmp_path, args, needle):
     (tmp_path / 'corrupt.pkl').write_bytes(b'\x80\x04garbage')
-    names = dict(net_files, missing=str(tmp_path / 'absent.pkl'), corrupt=str(tmp_path / 'corrupt.pkl'))
+    (tmp_path / 'file').write_bytes(b'')
+    names = dict(net_files, missing=str(tmp_path / 'absent.pkl'), corrupt=str(tmp_path / 'corrupt.pkl'),
+                 file=str(tmp_path / 'file'), dir=str(tmp_path))
     out = tmp_path / 'out'
-    code, text = run_cli([a.format(**names) for a in args] + [f'--outdir={out}', '--steps=2'])
+    code, text = run_cli([f'--outdir={out}', '--steps=2'] + [a.format(**names) for a in args]) # A later --outdir wins.
     errors = [line for line in text.splitlines() if line.startswith('Error:')]
     assert code == 1 and len(errors) == 1 and needle in errors[0], text
     assert 'Traceback' not in text

@@ -195,9 +195,12 @@ def test_resize_is_explicit(digits, tmp_path):
     assert [int(row['nearest']) for row in rows] == digits.copy_ids[:4].tolist()
 
 
-@pytest.mark.parametrize('case', ['empty', 'threshold', 'channels', 'arch'])
+@pytest.mark.parametrize('case', ['empty', 'threshold', 'channels', 'arch', 'dest'])
 def test_bad_inputs_give_one_error_line(digits, tmp_path, case):
     images, extra = digits.copies, []
+    if case == 'dest':
+        (tmp_path / 'file').write_bytes(b'')
+        extra = [f'--dest={tmp_path / "file"}'] # a later --dest wins
     if case == 'empty':
         images = str(tmp_path / 'empty')
         os.makedirs(images)
@@ -248,3 +251,68 @@ def _close(a, b):
     if isinstance(a, float):
         return b == pytest.approx(a, abs=1e-6)
     return a == b
+
+
+def test_pixel_ratio_exact_among_near_duplicates():
+    # A sample equal to 4 of 200 near-identical training images: float32 rounding would report a second
+    # neighbour 1 grey level away; the search must find two exact copies (distance 0, ratio 0).
+    g = torch.Generator().manual_seed(8)
+    base = torch.randint(0, 256, [3, 32, 32], generator=g)
+    train = base.repeat(200, 1, 1, 1).flatten(1)
+    for j in range(200):
+        idx = torch.randint(0, 3072, [j % 7 + 1], generator=g)
+        train[j, idx] = (train[j, idx] + torch.randint(-3, 4, idx.shape, generator=g)).clamp(0, 255)
+    train = train.to(torch.uint8)
+    exact = (train.double() - base.flatten().double()).norm(dim=1)
+    copies = [j for j in range(200) if exact[j] == 0]
+    assert len(copies) >= 2
+    detector = load_detector('pixel')
+    feats = detector(train.reshape(-1, 3, 32, 32))
+    nn = memorization.nearest_neighbors(detector, base[None].to(torch.uint8), feats, train, chunk=64)
+    assert nn['l2_index'][0].tolist() == copies[:2]
+    assert nn['distance'][0].tolist() == [0.0, 0.0] and nn['ratio'][0].item() == 0.0
+
+
+def test_max_size_takes_edm_seeded_subset(digits, tmp_path):
+    dest = tmp_path / 'out'
+    r = _calc(f'--images={digits.copies}', f'--data={digits.train_zip}', '--detector=pixel', f'--dest={dest}',
+              f'--cache-dir={tmp_path / "cache"}', '--max_size=5')
+    assert r.exit_code == 0, r.output
+    m = json.loads((dest / 'metrics.json').read_text())
+    assert m['num_samples'] == 5 and m['max_size'] == 5
+    kept = np.sort(np.random.RandomState(0).permutation(NUM_COPIES)[:5]) # EDM's draw with random_seed 0
+    rows = _read_csv(dest / 'neighbors.csv')
+    assert [row['file'] for row in rows] == [f'{i:06d}.png' for i in kept]
+    assert [int(row['nearest']) for row in rows] == digits.copy_ids[kept].tolist()
+
+
+def test_train_features_cache_keyed_by_local_weights(digits, tmp_path):
+    cache, images = str(tmp_path / 'cache'), torch.from_numpy(digits.train)[:, None]
+    raw = np.arange(NUM_TRAIN)
+    for weights in ('a.pkl', 'b.pkl'):
+        (tmp_path / weights).write_bytes(weights.encode())
+        det = _CountingDetector()
+        memorization.train_features(det, images, raw, cache, verbose=False, detector_path=str(tmp_path / weights))
+        assert det.images_seen == NUM_TRAIN # other weights never reuse cached features
+    det = _CountingDetector()
+    memorization.train_features(det, images, raw, cache, verbose=False, detector_path=str(tmp_path / 'a.pkl'))
+    assert det.images_seen == 0
+
+
+def test_failed_rewrite_leaves_no_stale_metrics(digits, tmp_path, monkeypatch):
+    samples = torch.from_numpy(digits.train[digits.copy_ids][:, None])
+    result = memorization.compute_memorization(samples, digits.train_zip, detector='pixel', cache_dir=str(tmp_path), verbose=False)
+    names = [f'{i}.png' for i in range(NUM_COPIES)]
+    dest = tmp_path / 'out'
+    memorization.write_outputs(str(dest), result, names)
+    assert (dest / 'metrics.json').is_file()
+    real_write = dnnlib.util.atomic_write_bytes
+
+    def failing_write(path, data):
+        if path.endswith('nearest.png'):
+            raise OSError('disk full')
+        real_write(path, data)
+    monkeypatch.setattr(dnnlib.util, 'atomic_write_bytes', failing_write)
+    with pytest.raises(OSError):
+        memorization.write_outputs(str(dest), result, names)
+    assert not (dest / 'metrics.json').exists() # the old one no longer vouches for the new neighbors.csv

@@ -80,3 +80,35 @@ def test_faiss_backend_matches_torch():
         fv, fi = fn(q, keys, k=2, backend='faiss')
         assert torch.equal(ti, fi)
         torch.testing.assert_close(tv, fv, atol=1e-4, rtol=1e-4)
+
+
+def _near_duplicates(num, seed=6):
+    """A uint8 pixel vector and `num` copies of it, each with a few pixels nudged by -3..3 (some unchanged)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, 256, [3072], generator=g)
+    keys = base.repeat(num, 1)
+    for j in range(num):
+        idx = torch.randint(0, 3072, [j % 7 + 1], generator=g)
+        keys[j, idx] = (keys[j, idx] + torch.randint(-3, 4, idx.shape, generator=g)).clamp(0, 255)
+    return base, keys.to(torch.uint8)
+
+
+@pytest.mark.parametrize('chunk', [3, 64, 4096])
+def test_l2_float64_is_exact_among_near_duplicates(chunk):
+    # Hundreds of keys within a few grey levels of the query: float32 rounding of the expanded form
+    # is larger than their gaps, float64 of integer pixels is exact. Ties go to the lower index.
+    base, keys = _near_duplicates(200)
+    exact = (keys.double() - base.double()).norm(dim=1)
+    order = sorted(range(len(exact)), key=lambda j: (exact[j].item(), j))[:2]
+    d, i = nn_search.l2_topk(base[None].double(), keys, k=2, chunk=chunk, backend='torch')
+    assert i[0].tolist() == order
+    assert d[0].tolist() == [exact[j].item() for j in order]
+
+
+def test_l2_ties_resolved_by_index_whatever_the_chunk():
+    g = torch.Generator().manual_seed(7)
+    keys = torch.randint(0, 256, [30, 48], generator=g).to(torch.uint8)
+    keys[[5, 11, 23, 29]] = keys[2].clone() # five identical keys: 2, 5, 11, 23, 29
+    for chunk in (1, 4, 7, 100):
+        d, i = nn_search.l2_topk(keys[[2]].double(), keys, k=2, chunk=chunk, backend='torch')
+        assert i[0].tolist() == [2, 5] and d[0].tolist() == [0.0, 0.0]

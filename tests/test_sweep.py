@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 
 import numpy as np
 import PIL.Image
@@ -60,7 +61,7 @@ PIL.Image.fromarray(np.zeros([16, 16], np.uint8)).save(args['grid'])
 FAKE_MEMORIZATION = '''
 os.makedirs(args['dest'])
 n = len([f for f in os.listdir(args['images'])]) if os.path.isdir(args['images']) else 5
-metrics = dict(num_samples=n, fraction_above={'0.9': 0.25, '0.95': 0.125}, similarity_mean=0.5,
+metrics = dict(num_samples=n, detector=dict(name=args['detector']), fraction_above={'0.9': 0.25, '0.95': 0.125}, similarity_mean=0.5,
                ratio_fraction=0.1 if 'sigma_tn-0' + os.sep in args['images'] else 0.05)
 for name in ('neighbors.csv', 'histogram.png', 'nearest.png'):
     open(os.path.join(args['dest'], name), 'w').write('')
@@ -129,6 +130,8 @@ def test_sweep_writes_every_output_and_skips_finished_stages(fake):
     assert md.count('\n| 0 (EDM) |') == 2 and md.count('\n| 0.5 |') == 2 and '10.0%' in md
     report = (fake.out / 'report.md').read_text()
     assert 'FD_heldout' in report and 'ratio' in report and '| 0.5 | 2.0 |' in report
+    # The report states the resolution of its fractions and does not present pixel-space similarity as the paper's.
+    assert 'over 6 samples, so one sample is 16.7%' in report and 'not comparable with the paper' in report
     assert not list(fake.out.rglob('*.tmp-*'))
 
     n = len(calls)
@@ -180,6 +183,24 @@ def test_changed_training_options_are_refused(fake):
     sweep.run_sweep(fake.config(sigma_tn='0'), tools=fake.tools)
     with pytest.raises(dnnlib.util.UserError, match='other options'):
         sweep.run_sweep(fake.config(sigma_tn='0', train_opts=('--iters=20',)), tools=fake.tools)
+
+
+def test_evaluations_with_other_sampling_or_detector_are_refused(fake):
+    # The report states --samples, --steps and --detector: outputs made with other values are never reused.
+    sweep.run_sweep(fake.config(sigma_tn='0', every=0), tools=fake.tools)
+    folder = fake.out / 'evals' / 'sigma_tn-0' / 'snapshot-000002'
+    assert json.loads((folder / 'sampling.json').read_text()) == dict(samples=6, steps=18)
+    for kw, match in [(dict(samples=8), '6 samples of 18 steps'), (dict(steps=4), '6 samples of 18 steps'),
+                      (dict(detector='inception'), '--detector=pixel')]:
+        with pytest.raises(dnnlib.util.UserError, match=match):
+            sweep.run_sweep(fake.config(sigma_tn='0', every=0, **kw), tools=fake.tools)
+    # Samples from before sampling.json existed are checked by their count.
+    (folder / 'sampling.json').unlink()
+    n = len(fake.calls())
+    sweep.run_sweep(fake.config(sigma_tn='0', every=0), tools=fake.tools)
+    assert _stage_count(fake.calls()[n:], 'generate') == 0
+    with pytest.raises(dnnlib.util.UserError, match='6 samples'):
+        sweep.run_sweep(fake.config(sigma_tn='0', every=0, samples=7), tools=fake.tools)
 
 
 def test_dry_run_prints_commands_and_runs_nothing(fake, capsys):
@@ -286,3 +307,28 @@ def test_demo_preset_options_are_accepted_by_train_py(tmp_path, repo_dir):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert 'Dry run' in result.stdout and not (tmp_path / 'run').exists()
+
+
+def test_existing_subset_with_other_options_is_refused(tmp_path, capsys):
+    # A train.zip left by an earlier sweep (5 images, seed 0): reused only for the same --subset and --data-seed.
+    images = np.zeros([5, 1, 8, 8], dtype=np.uint8)
+    dest = tmp_path / 'out' / 'data' / 'train.zip'
+    dest.parent.mkdir(parents=True)
+    quality.write_image_zip(images, None, dest)
+    with pytest.raises(dnnlib.util.UserError, match='source_indices|subset of 0'):
+        sweep.check_subset(str(dest), 5, 0) # No subset record at all.
+    with zipfile.ZipFile(dest) as z:
+        files = {name: z.read(name) for name in z.namelist() if name != 'dataset.json'}
+    with zipfile.ZipFile(dest, 'w') as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr('dataset.json', json.dumps(dict(labels=None, subset_seed=0, source_indices=[3, 5, 8, 13, 21])))
+    sweep.check_subset(str(dest), 5, 0)
+    for subset, seed in [(6, 0), (5, 1)]:
+        cfg = sweep.make_config(str(tmp_path / 'out'), source='digits', subset=subset, data_seed=seed, sigma_tn='0')
+        with pytest.raises(dnnlib.util.UserError, match='use another --outdir'):
+            sweep.run_sweep(cfg, dry_run=True)
+    cfg = sweep.make_config(str(tmp_path / 'out'), source='digits', subset=5, data_seed=0, sigma_tn='0')
+    sweep.run_sweep(cfg, dry_run=True)
+    out = capsys.readouterr().out
+    assert '--dest=' + str(dest) not in out and 'full.zip' in out

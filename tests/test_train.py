@@ -171,4 +171,15 @@ def test_ambient_family_names_the_run(data, tmp_path):
     assert options['loss_kwargs']['class_name'] != 'training.loss.EDMLoss'
     assert '-fp32-ambient' in options['run_dir']
 
+def test_transfer_sets_edm_options_in_edms_order(data, tmp_path):
+    pkl = tmp_path / 'network-snapshot-000000.pkl'
+    pkl.write_bytes(b'not loaded by a dry run')
+    result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}', '-n',
+                                             f'--transfer={pkl}', '--seed=3'])
+    assert result.exit_code == 0, result.output
+    options = json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2])
+    # EDM: transfer learning switches the EMA ramp-up off; seed, resume_pkl, ema_rampup_ratio and run_dir close the file.
+    assert list(options)[-4:] == ['seed', 'resume_pkl', 'ema_rampup_ratio', 'run_dir']
+    assert options['resume_pkl'] == str(pkl) and options['ema_rampup_ratio'] is None
+
 #----------------------------------------------------------------------------

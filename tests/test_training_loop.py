@@ -302,6 +302,25 @@ def test_ema_halflife_rampup_and_lr_rampup():
         assert t.optimizer.param_groups[0]['lr'] == lr
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in net.parameters()) # NaN gradients zeroed.
 
+def test_setup_draws_random_numbers_in_edms_order(data_zip, tmp_path):
+    # EDM seeds, creates the data iterator (whose base worker seed comes from the global torch RNG), then builds
+    # the network: the same seed must give EDM's initial weights, which requires that one draw to happen.
+    from torch_utils import misc
+    c = tiny_config(data_zip, tmp_path)
+    training_loop._seed_rank(c['seed']) # pylint: disable=protected-access
+    dataset_obj = dnnlib.util.construct_class_by_name(**c['dataset_kwargs'])
+    sampler = misc.InfiniteSampler(dataset=dataset_obj, seed=c['seed'])
+    edm_images, _ = next(iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=4)))
+    edm_net = dnnlib.util.construct_class_by_name(**c['network_kwargs'], img_resolution=dataset_obj.resolution,
+                                                  img_channels=dataset_obj.num_channels, label_dim=dataset_obj.label_dim)
+
+    training_loop._seed_rank(c['seed']) # pylint: disable=protected-access
+    t = training_loop.setup_training(c['dataset_kwargs'], c['data_loader_kwargs'], c['network_kwargs'], c['loss_kwargs'],
+                                     c['optimizer_kwargs'], c['augment_kwargs'], c['seed'], 4, None, torch.device('cpu'))
+    assert_tensors_equal(t.net.state_dict(), edm_net.state_dict())
+    images, _labels, extras = training_loop._next_batch(t) # pylint: disable=protected-access
+    assert extras == {} and torch.equal(images, edm_images.to(torch.float32) / 127.5 - 1)
+
 def test_split_batch():
     assert training_loop.split_batch(32, None) == (32, 32, 1)
     assert training_loop.split_batch(32, 8) == (32, 8, 4)

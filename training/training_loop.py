@@ -161,9 +161,10 @@ def _make_data_iterator(dataset_obj, data_loader_kwargs, seed, batch_gpu, start_
     """Endless batch iterator; the item order depends only on (seed, global position), never on workers."""
     sampler = misc.InfiniteSampler(dataset=dataset_obj, rank=dist.get_rank(), num_replicas=dist.get_world_size(),
                                    seed=seed, start_idx=start_idx)
-    # A private generator keeps worker seeds fixed and leaves the global RNG alone, so resume replays exactly.
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu, generator=generator,
+    # iter() draws the workers' base seed from the global torch RNG, as in EDM: the network built next then gets
+    # EDM's initial weights for the same seed. Resume stays exact because setup replays this draw before the
+    # stored RNG states are restored.
+    loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
                                          **_data_loader_options(data_loader_kwargs, device))
     return iter(loader)
 
@@ -245,11 +246,17 @@ def accumulate_gradients(t):
             loss.sum().mul(t.loss_scaling / t.batch_gpu_total).backward()
     return finite
 
+def _parameters(t):
+    """(net parameters, EMA parameters) as lists, built once: walking the module tree every step costs time."""
+    if 'parameters' not in t:
+        t.parameters = (list(t.net.parameters()), list(t.ema.parameters()))
+    return t.parameters
+
 def update_weights(t, cur_nimg, lr_rampup_kimg):
     """Ramp the learning rate, zero non-finite gradient entries, take the optimizer step."""
     for g in t.optimizer.param_groups:
         g['lr'] = t.optimizer_kwargs['lr'] * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
-    for param in t.net.parameters():
+    for param in _parameters(t)[0]:
         if param.grad is not None:
             torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
     t.optimizer.step()
@@ -261,9 +268,14 @@ def update_ema(t, cur_nimg, ema_halflife_kimg, ema_rampup_ratio):
     if ema_rampup_ratio is not None:
         ema_halflife_nimg = min(ema_halflife_nimg, cur_nimg * ema_rampup_ratio)
     ema_beta = 0.5 ** (t.batch_size / max(ema_halflife_nimg, 1e-8))
-    # EDM's per-tensor p_net.lerp(p_ema, beta), batched into two multi-tensor kernels (same bits, fewer launches).
-    ema_params = list(t.ema.parameters())
-    torch._foreach_copy_(ema_params, torch._foreach_lerp([p.detach() for p in t.net.parameters()], ema_params, ema_beta))
+    # EDM's p_ema.copy_(p_net.lerp(p_ema, beta)), same bits: on CUDA as two multi-tensor kernels (fewer launches),
+    # elsewhere written straight into p_ema (the CPU has no fused kernels, and this skips a temporary per tensor).
+    net_params, ema_params = _parameters(t)
+    if ema_params and ema_params[0].is_cuda:
+        torch._foreach_copy_(ema_params, torch._foreach_lerp([p.detach() for p in net_params], ema_params, ema_beta))
+    else:
+        for p_net, p_ema in zip(net_params, ema_params):
+            torch.lerp(p_net.detach(), p_ema, ema_beta, out=p_ema)
 
 def train_step(t, cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio):
     """One optimizer step over the global batch, plus the EMA update; tracks consecutive non-finite losses."""
@@ -386,7 +398,7 @@ def training_loop(
         state = load_training_state(resume_state_dump)
         check_resume_compatible(state, **compared_kwargs)
 
-    p = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, last_snapshot='', step=0, stats_jsonl=None, start_time=start_time)
+    p = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, last_snapshot='', stats_jsonl=None, start_time=start_time)
     if state:
         p.update(cur_nimg=state['cur_nimg'], cur_tick=state['cur_tick'], last_snapshot=state['last_snapshot'])
     t = setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, augment_kwargs,
@@ -400,7 +412,7 @@ def training_loop(
     o = dnnlib.EasyDict(run_dir=run_dir, dataset_kwargs=dataset_kwargs, compared_kwargs=compared_kwargs, seed=seed,
                         snapshot_ticks=snapshot_ticks, state_dump_ticks=state_dump_ticks,
                         total_nimg=total_iters * batch_size if total_iters is not None else total_kimg * 1000)
-    dist.print0(f'Training for {o.total_nimg / 1e3:g} kimg...')
+    dist.print0(f'Training for {total_kimg if total_iters is None else format(o.total_nimg / 1e3, "g")} kimg...')
     dist.print0()
     if p.cur_nimg >= o.total_nimg:
         dist.print0(f'Already trained for {p.cur_nimg / 1e3:g} kimg; nothing to do.')
@@ -413,10 +425,10 @@ def training_loop(
     while True:
         train_step(t, p.cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio)
         p.cur_nimg += batch_size
-        p.step += 1
         done = (p.cur_nimg >= o.total_nimg)
         at_tick = done or p.cur_tick == 0 or p.cur_nimg >= p.tick_start_nimg + kimg_per_tick * 1000
-        if (at_tick or p.step % check_every == 0) and _max_nonfinite_steps(t) >= max_nonfinite_steps:
+        # Checked on global step numbers, so that a resumed run stops exactly where the uninterrupted one would.
+        if (at_tick or (p.cur_nimg // batch_size) % check_every == 0) and _max_nonfinite_steps(t) >= max_nonfinite_steps:
             raise dnnlib.util.UserError(f'The loss was NaN/Inf for {max_nonfinite_steps} consecutive steps (at kimg '
                                         f'{p.cur_nimg / 1e3:.3f}); stopping. Last good snapshot: {p.last_snapshot or "none"}')
         if at_tick and _end_tick(t, p, o, done):
