@@ -19,8 +19,17 @@ def denoising_loss(net, images, labels, augment_pipe, sigma, weight):
     return weight * ((D_yn - y) ** 2)
 
 
+class _DenoisingLoss:
+    """Shared __call__: subclasses define sample_sigma(n, device) and weight(sigma)."""
+
+    def __call__(self, net, images, labels=None, augment_pipe=None):
+        """Unreduced per-pixel loss for one batch."""
+        sigma = self.sample_sigma(images.shape[0], images.device)
+        return denoising_loss(net, images, labels, augment_pipe, sigma, self.weight(sigma))
+
+
 @persistence.persistent_class
-class VPLoss:
+class VPLoss(_DenoisingLoss):
     """Variance-preserving loss (Song et al. 2021): t uniform in [epsilon_t, 1], weight 1/sigma^2."""
 
     def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5):
@@ -42,14 +51,9 @@ class VPLoss:
         """Loss weight lambda(sigma) = 1 / sigma^2."""
         return 1 / sigma ** 2
 
-    def __call__(self, net, images, labels=None, augment_pipe=None):
-        """Unreduced per-pixel loss for one batch."""
-        sigma = self.sample_sigma(images.shape[0], images.device)
-        return denoising_loss(net, images, labels, augment_pipe, sigma, self.weight(sigma))
-
 
 @persistence.persistent_class
-class VELoss:
+class VELoss(_DenoisingLoss):
     """Variance-exploding loss (Song et al. 2021): sigma log-uniform in [sigma_min, sigma_max], weight 1/sigma^2."""
 
     def __init__(self, sigma_min=0.02, sigma_max=100):
@@ -65,14 +69,9 @@ class VELoss:
         """Loss weight lambda(sigma) = 1 / sigma^2."""
         return 1 / sigma ** 2
 
-    def __call__(self, net, images, labels=None, augment_pipe=None):
-        """Unreduced per-pixel loss for one batch."""
-        sigma = self.sample_sigma(images.shape[0], images.device)
-        return denoising_loss(net, images, labels, augment_pipe, sigma, self.weight(sigma))
-
 
 @persistence.persistent_class
-class EDMLoss:
+class EDMLoss(_DenoisingLoss):
     """EDM loss (Karras et al. 2022): ln(sigma) ~ N(P_mean, P_std^2), weight (sigma^2 + sigma_data^2) / (sigma sigma_data)^2."""
 
     def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
@@ -88,8 +87,3 @@ class EDMLoss:
     def weight(self, sigma):
         """Loss weight lambda(sigma) = 1 / c_out(sigma)^2, which gives the network target unit variance."""
         return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
-
-    def __call__(self, net, images, labels=None, augment_pipe=None):
-        """Unreduced per-pixel loss for one batch."""
-        sigma = self.sample_sigma(images.shape[0], images.device)
-        return denoising_loss(net, images, labels, augment_pipe, sigma, self.weight(sigma))
