@@ -33,9 +33,8 @@ def save_png(image, path):
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     pil = PIL.Image.fromarray(image[:, :, 0], 'L') if image.shape[2] == 1 else PIL.Image.fromarray(image, 'RGB')
     # The temporary name has no image extension, so a crash cannot leave a file that fid.py would count.
-    tmp = f'{path}.tmp-{os.getpid()}'
-    pil.save(tmp, format='PNG')
-    os.replace(tmp, path)
+    with dnnlib.util.atomic_output(path) as tmp:
+        pil.save(tmp, format='PNG')
 
 
 def save_grid(paths, dest):
@@ -64,15 +63,9 @@ def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batc
     if grid is not None and os.path.isdir(grid):
         raise dnnlib.util.UserError(f'--grid: {grid} is a directory; give a .png file name')
 
-    # Rank 0 first, so that a download lands in the cache once.
-    if dist.get_rank() != 0:
-        dist.barrier()
     dist.print0(f'Loading network from "{network_pkl}"...')
-    try:
+    with dist.rank0_first():
         net = load_network(network_pkl, device=device, verbose=(dist.get_rank() == 0))
-    finally:
-        if dist.get_rank() == 0:
-            dist.barrier()
     try:
         sampler.check_class_idx(net, class_idx)
     except ValueError as e:

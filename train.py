@@ -9,6 +9,7 @@ import click
 import torch
 
 import dnnlib
+from ambient.loss import AUG_ORDERS as AMBIENT_AUG_ORDERS, SPLITS as AMBIENT_SPLITS # The option lists' one source.
 from torch_utils import distributed as dist
 
 # Loss families: `edm` is the preconditioner's native loss; the others name a configure(c, opts) -> tag function,
@@ -121,7 +122,7 @@ def _pick_seed(opts, state):
 
 def _resume_config(c, opts):
     """Transfer/resume options as (training_loop() arguments, training state being resumed or None)."""
-    from training import training_loop # Imported late: the options above need no network code.
+    from training import checkpoint # Imported late: the options above need no network code.
     if opts.transfer is not None:
         if opts.resume is not None:
             raise dnnlib.util.UserError('--transfer and --resume cannot be specified at the same time')
@@ -130,14 +131,18 @@ def _resume_config(c, opts):
         return dnnlib.EasyDict(resume_pkl=opts.transfer, ema_rampup_ratio=None), None
     if opts.resume is None:
         return dnnlib.EasyDict(), None
-    resume_state_dump = training_loop.find_training_state(opts.resume)
-    state = training_loop.load_training_state(resume_state_dump)
-    training_loop.check_resume_compatible(state, network_kwargs=c.network_kwargs, loss_kwargs=c.loss_kwargs,
+    resume_state_dump = checkpoint.find_training_state(opts.resume)
+    dist.print0(f'Loading training state from "{resume_state_dump}"...')
+    state = checkpoint.load_training_state(resume_state_dump)
+    checkpoint.check_resume_compatible(state, network_kwargs=c.network_kwargs, loss_kwargs=c.loss_kwargs,
                                           dataset_kwargs=c.dataset_kwargs)
     return dnnlib.EasyDict(resume_state_dump=resume_state_dump), state
 
 def build_config(opts):
-    """All training_loop() arguments for the parsed options; (config, run description). Raises UserError on bad input."""
+    """All training_loop() arguments for the parsed options: (config, run description, loaded training state or None).
+
+    Raises UserError on bad input. The state of --resume is read and checked here, once, and handed to the loop.
+    """
     c = dnnlib.EasyDict()
     c.dataset_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=opts.data,
                                        use_labels=opts.cond, xflip=opts.xflip, cache=opts.cache)
@@ -176,7 +181,7 @@ def build_config(opts):
         desc += f'-{tag}'
     if opts.desc is not None:
         desc += f'-{opts.desc}'
-    return c, desc
+    return c, desc, state
 
 #----------------------------------------------------------------------------
 # Output directory.
@@ -250,9 +255,9 @@ def _print_options(c, opts):
 
 # Loss-family options (passed to the family's configure function).
 @click.option('--sigma_tn',      help='Ambient: noise level of the fixed noisy copies', metavar='FLOAT', type=float)
-@click.option('--ambient_split', help='Ambient: how sigma is split around sigma_tn', metavar='edm|uniform', type=click.Choice(['edm', 'uniform']))
+@click.option('--ambient_split', help='Ambient: how sigma is split around sigma_tn', metavar='|'.join(AMBIENT_SPLITS), type=click.Choice(AMBIENT_SPLITS))
 @click.option('--noise_seed',    help='Ambient: seed of the fixed noisy copies', metavar='INT',     type=int)
-@click.option('--ambient_aug_order', help='Ambient: augment the noisy copy, or augment clean then add noise', metavar='noisy|clean-then-noise', type=click.Choice(['noisy', 'clean-then-noise']))
+@click.option('--ambient_aug_order', help='Ambient: augment the noisy copy, or augment clean then add noise', metavar='|'.join(AMBIENT_AUG_ORDERS), type=click.Choice(AMBIENT_AUG_ORDERS))
 
 # Hyperparameters.
 @click.option('--duration',      help='Training duration', metavar='MIMG',                          type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
@@ -314,7 +319,7 @@ def main(**kwargs):
     """
     opts = dnnlib.EasyDict(kwargs)
     dist.init()
-    c, desc = build_config(opts)
+    c, desc, state = build_config(opts)
     c.run_dir = pick_run_dir(opts.outdir, desc, opts.nosubdir) if dist.get_rank() == 0 else None
     _check_outdir(opts.outdir)
     _print_options(c, opts)
@@ -330,7 +335,7 @@ def main(**kwargs):
     torch.multiprocessing.set_start_method('spawn', force=True)
     from training import training_loop
     try:
-        training_loop.training_loop(**c)
+        training_loop.training_loop(**c, resume_state=state)
     finally:
         if logger is not None:
             logger.close()

@@ -3,6 +3,7 @@
 import math
 
 import dnnlib
+from ambient.loss import AUG_ORDERS, SPLITS
 
 # Native loss of each preconditioner (as train.py builds it) -> its ambient twin and the largest sigma the
 # preconditioner is meant for (EDM's samplers stop at 80 for EDMPrecond; VE at sigma_max=100; VP at sigma(1)).
@@ -11,8 +12,6 @@ _PRECONDS = {
     'training.networks.VEPrecond': ('ambient.loss.AmbientVELoss', 100.0),
     'training.networks.VPPrecond': ('ambient.loss.AmbientVPLoss', math.sqrt(math.expm1(0.5 * 19.9 + 0.1))),
 }
-SPLITS = ('edm', 'uniform')
-AUG_ORDERS = ('noisy', 'clean-then-noise')
 DATASET_CLASS = 'ambient.dataset.NoisyCopyDataset'
 
 

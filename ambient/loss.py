@@ -51,7 +51,7 @@ def x_tn_prediction(D, x, sigma, sigma_tn):
     return (1 - ratio) * D + ratio * x
 
 
-class _AmbientMixin:
+class AmbientLossBase:
     """Shared ambient mechanics; subclasses supply EDM's sigma draw, weight and the sigma quantile."""
 
     def _init_ambient(self, sigma_tn, split, weighting, aug_order):
@@ -124,7 +124,7 @@ class _AmbientMixin:
 
 
 @persistence.persistent_class
-class AmbientEDMLoss(_AmbientMixin):
+class AmbientEDMLoss(AmbientLossBase):
     """EDM loss (ln sigma ~ N(P_mean, P_std^2), weight (sigma^2 + sigma_data^2)/(sigma sigma_data)^2) with ambient noise."""
 
     def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5, sigma_tn=0.0, split='edm', weighting='target', aug_order='noisy'):
@@ -156,7 +156,7 @@ class AmbientEDMLoss(_AmbientMixin):
 
 
 @persistence.persistent_class
-class AmbientVPLoss(_AmbientMixin):
+class AmbientVPLoss(AmbientLossBase):
     """VP loss (t uniform in [epsilon_t, 1], weight 1/sigma^2) with ambient noise."""
 
     def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5, sigma_tn=0.0, split='edm', weighting='target', aug_order='noisy'):
@@ -196,7 +196,7 @@ class AmbientVPLoss(_AmbientMixin):
 
 
 @persistence.persistent_class
-class AmbientVELoss(_AmbientMixin):
+class AmbientVELoss(AmbientLossBase):
     """VE loss (sigma log-uniform in [sigma_min, sigma_max], weight 1/sigma^2) with ambient noise."""
 
     def __init__(self, sigma_min=0.02, sigma_max=100, sigma_tn=0.0, split='edm', weighting='target', aug_order='noisy'):

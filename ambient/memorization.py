@@ -15,7 +15,6 @@ pixel-space copy criterion they do not compute (Yoon et al. 2023, Gu et al. 2023
 L2 distance < 1/3, images in [-1, 1], searched exactly in float64).
 """
 
-import csv
 import functools
 import hashlib
 import io
@@ -25,36 +24,20 @@ import os
 
 import click
 import numpy as np
-import PIL.Image
-import PIL.ImageDraw
 import torch
 
 import dnnlib
-from ambient import nn_search
+from ambient import memorization_report, nn_search
 from torch_utils import distributed as dist
-from training.dataset import ImageFolderDataset
+from training.dataset import load_images
 from training.detectors import load_detector
 
 THRESHOLDS = (0.85, 0.875, 0.9, 0.925, 0.95) # The paper's Table 1.
 RATIO_THRESHOLD = 1 / 3                        # nearest < 1/3 of the second-nearest (Yoon et al. 2023; Gu et al. 2023; in the spirit of Carlini et al. 2023).
 DINOV2_ARCHS = ('vitg14', 'vitl14')
-GRID_PAIRS = 16
 
 #----------------------------------------------------------------------------
 # Inputs.
-
-def load_images(path, max_size=None):
-    """Images of a folder or zip as a uint8 NCHW tensor, with file names and raw indices (sorted as the dataset).
-
-    max_size keeps EDM's seeded random subset of that many images (random_seed 0), as the authors' --max_size.
-    """
-    dataset = ImageFolderDataset(path, use_labels=False, xflip=False, max_size=max_size)
-    images = np.stack([dataset[i][0] for i in range(len(dataset))])
-    raw = [dataset.get_raw_index(i) for i in range(len(dataset))]
-    names = [dataset.get_fname(r) for r in raw]
-    dataset.close()
-    return torch.from_numpy(images), names, np.asarray(raw, dtype=np.int64)
-
 
 def content_hash(images, raw_indices):
     """SHA-256 of a dataset's decoded pixels, shape and raw indices: the training-feature cache key."""
@@ -282,13 +265,8 @@ def _as_images(images, what):
 
 def _load_detector_once(detector, detector_path, arch, preprocess):
     """Load a detector by name on every rank, rank 0 first so that a download or cache fill happens once."""
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if world > 1 and rank != 0:
-        dist.barrier()
-    detector = make_detector(detector, path=detector_path, device=dist.get_device(), arch=arch, preprocess=preprocess)
-    if world > 1 and rank == 0:
-        dist.barrier()
-    return detector
+    with dist.rank0_first():
+        return make_detector(detector, path=detector_path, device=dist.get_device(), arch=arch, preprocess=preprocess)
 
 
 def compute_memorization(images, train_dataset_path, detector='dinov2', detector_path=None, arch=None,
@@ -305,11 +283,12 @@ def compute_memorization(images, train_dataset_path, detector='dinov2', detector
     images = _as_images(images, 'Generated images')
     if verbose:
         dist.print0(f'Loading training set {train_dataset_path}...')
-    train_images, _, raw = load_images(train_dataset_path)
+    train_images, train_info = load_images(train_dataset_path)
+    train_images, raw = torch.from_numpy(train_images), train_info.raw_indices
     images, resized = match_shape(images, train_images.shape[1:], resize, 'Generated images')
     ref_images = None
     if reference is not None:
-        ref_images = load_images(reference)[0] if isinstance(reference, (str, os.PathLike)) else reference
+        ref_images = torch.from_numpy(load_images(reference)[0]) if isinstance(reference, (str, os.PathLike)) else reference
         ref_images, _ = match_shape(_as_images(ref_images, 'Reference images'), train_images.shape[1:], resize, 'Reference images')
     if isinstance(detector, str):
         detector = _load_detector_once(detector, detector_path, arch, preprocess)
@@ -333,100 +312,6 @@ def compute_memorization(images, train_dataset_path, detector='dinov2', detector
         if isinstance(reference, (str, os.PathLike)):
             metrics['reference']['path'] = str(reference)
     return result
-
-#----------------------------------------------------------------------------
-# Outputs.
-
-def nearest_grid(samples, train_images, sample_ids, train_ids, labels=None, columns=4, min_size=64):
-    """RGB uint8 HWC grid: each generated sample beside its nearest training image, labelled above.
-
-    Returns (grid, boxes): boxes[i] = ((y, x) of the sample, (y, x) of the training image, cell size).
-    """
-    c, h, w = samples.shape[1:]
-    scale = max(1, math.ceil(min_size / max(h, w)))
-    ch, cw = h * scale, w * scale
-    label_h, gap, pad = 12, 2, 6
-    pair_w = 2 * cw + gap
-    rows = max(1, math.ceil(len(sample_ids) / columns))
-    cols = min(columns, max(1, len(sample_ids)))
-    grid = PIL.Image.new('RGB', (cols * (pair_w + pad) + pad, rows * (label_h + ch + pad) + pad), (255, 255, 255))
-    draw = PIL.ImageDraw.Draw(grid)
-
-    def to_pil(img):
-        arr = img.permute(1, 2, 0).numpy()
-        arr = np.repeat(arr, 3, axis=2) if c == 1 else arr[:, :, :3]
-        return PIL.Image.fromarray(arr).resize((cw, ch), PIL.Image.NEAREST)
-
-    boxes = []
-    for k, (s, t) in enumerate(zip(sample_ids, train_ids)):
-        y = pad + (k // columns) * (label_h + ch + pad)
-        x = pad + (k % columns) * (pair_w + pad)
-        if labels is not None:
-            draw.text((x, y), labels[k], fill=(0, 0, 0))
-        grid.paste(to_pil(samples[s]), (x, y + label_h))
-        grid.paste(to_pil(train_images[t]), (x + cw + gap, y + label_h))
-        boxes.append(((y + label_h, x), (y + label_h, x + cw + gap), (ch, cw)))
-    return np.asarray(grid), boxes
-
-
-def _histogram_png(similarity, reference, thresholds):
-    """PNG bytes: histogram of top-1 similarities, with the held-out reference when given."""
-    from matplotlib.figure import Figure # pylint: disable=import-outside-toplevel
-    values = [similarity] + ([reference] if reference is not None else [])
-    lo = min(float(np.min(v)) for v in values)
-    bins = np.linspace(min(lo, min(thresholds)) - 1e-3, 1 + 1e-3, 51)
-    fig = Figure(figsize=(6, 4), dpi=100) # No pyplot: no global backend or figure registry involved.
-    ax = fig.subplots()
-    ax.hist(similarity, bins=bins, alpha=0.6, density=True, label=f'generated (n={len(similarity)})')
-    if reference is not None:
-        ax.hist(reference, bins=bins, alpha=0.6, density=True, label=f'held-out real (n={len(reference)})')
-    for t in thresholds:
-        ax.axvline(t, color='k', lw=0.6, ls='--')
-    ax.set_xlabel('cosine similarity to nearest training image')
-    ax.set_ylabel('density')
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png')
-    return buf.getvalue()
-
-
-def _png_bytes(array):
-    buf = io.BytesIO()
-    PIL.Image.fromarray(array).save(buf, format='png')
-    return buf.getvalue()
-
-
-def _csv_bytes(names, samples):
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator='\n')
-    writer.writerow(['file', 'nearest', 'similarity', 'second', 'second_similarity', 'l2_nearest', 'l2_distance', 'ratio'])
-    for i, name in enumerate(names):
-        writer.writerow([name, int(samples.nearest[i]), f'{samples.similarity[i]:.6f}', int(samples.second[i]),
-                         f'{samples.second_similarity[i]:.6f}', int(samples.l2_nearest[i]),
-                         f'{samples.l2_distance[i]:.6f}', f'{samples.ratio[i]:.6f}'])
-    return buf.getvalue().encode()
-
-
-def write_outputs(dest, result, names, grid_pairs=GRID_PAIRS):
-    """metrics.json, neighbors.csv, histogram.png and nearest.png in dest, each written atomically."""
-    os.makedirs(dest, exist_ok=True)
-    s = result.samples
-    top = np.argsort(-s.similarity, kind='stable')[:grid_pairs]
-    labels = [f'{s.similarity[i]:.3f} #{s.nearest[i]}' for i in top]
-    grid, _ = nearest_grid(result.images, result.train_images, top, s.position[top], labels)
-    ref = result.reference_samples.similarity if result.reference_samples is not None else None
-    outputs = {
-        'neighbors.csv': _csv_bytes(names, s),
-        'histogram.png': _histogram_png(s.similarity, ref, result.metrics['thresholds']),
-        'nearest.png': _png_bytes(grid),
-        'metrics.json': (json.dumps(result.metrics, indent=2) + '\n').encode(), # Last: its presence marks a finished run.
-    }
-    # A metrics.json left by an earlier run must not vouch for a half-replaced set of files.
-    if os.path.isfile(os.path.join(dest, 'metrics.json')):
-        os.remove(os.path.join(dest, 'metrics.json'))
-    for fname, data in outputs.items():
-        dnnlib.util.atomic_write_bytes(os.path.join(dest, fname), data)
 
 #----------------------------------------------------------------------------
 # CLI.
@@ -467,14 +352,14 @@ def calc(images, data, detector, detector_path, arch, preprocess, dest, threshol
     dist.init()
     thresholds = parse_thresholds(thresholds)
     dist.print0(f'Loading generated images {images}...')
-    sample_images, names, _ = load_images(images, max_size=max_size)
-    result = compute_memorization(sample_images, data, detector=detector, detector_path=detector_path, arch=arch,
+    sample_images, info = load_images(images, max_size=max_size)
+    result = compute_memorization(torch.from_numpy(sample_images), data, detector=detector, detector_path=detector_path, arch=arch,
                                   preprocess=preprocess, thresholds=thresholds, reference=reference, batch=batch,
                                   chunk=chunk, cache_dir=cache_dir, resize=resize)
     result.metrics['images'] = images
     result.metrics['max_size'] = max_size
     if dist.get_rank() == 0:
-        write_outputs(dest, result, names)
+        memorization_report.write_outputs(dest, result, info.names)
         m = result.metrics
         above = ', '.join(f'>{t}: {v:.4f}' for t, v in m['fraction_above'].items())
         print(f'{m["num_samples"]} samples vs {m["num_train"]} training images; similarity mean {m["similarity_mean"]:.4f}; '

@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+import dnnlib
+
 #----------------------------------------------------------------------------
 
 def pareto_front(xs, ys):
@@ -54,10 +56,11 @@ def _save(fig, path):
     """Save a figure as PNG through a temporary file, so a reader never sees a half-written image."""
     plt = _pyplot()
     path = os.fspath(path)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with dnnlib.util.atomic_output(path) as tmp:
+            fig.savefig(tmp, format='png', dpi=120, bbox_inches='tight')
+    finally:
+        plt.close(fig)
 
 
 def _groups(rows, group_key, order_key):

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import dnnlib # pylint: disable=wrong-import-position
 import train # pylint: disable=wrong-import-position
-from training import training_loop # pylint: disable=wrong-import-position
+from training import checkpoint, training_loop # pylint: disable=wrong-import-position
 
 #----------------------------------------------------------------------------
 
@@ -44,12 +44,12 @@ def write_digits_zip(path, res):
 def train_config(args):
     """train.py's training_loop() arguments for a command line (built by train.py itself)."""
     ctx = train.main.make_context('train.py', list(args))
-    c, _desc = train.build_config(dnnlib.EasyDict(ctx.params))
+    c, _desc, _state = train.build_config(dnnlib.EasyDict(ctx.params))
     return c
 
 def setup(c, device):
     """Everything a training step needs, seeded as training_loop() seeds it."""
-    training_loop._seed_rank(c.seed) # pylint: disable=protected-access
+    checkpoint.seed_rank(c.seed) # pylint: disable=protected-access
     with contextlib.redirect_stdout(io.StringIO()): # Keep the module summary out of the report.
         return training_loop.setup_training(c.dataset_kwargs, c.data_loader_kwargs, c.network_kwargs, c.loss_kwargs,
                                             c.optimizer_kwargs, c.get('augment_kwargs'), c.seed, c.batch_size, c.batch_gpu,

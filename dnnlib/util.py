@@ -1,10 +1,12 @@
 """Config dicts, class lookup by dotted name, cached URL opening and small helpers."""
 
+import contextlib
 import hashlib
 import importlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -208,6 +210,13 @@ def _download(url, num_attempts, verbose):
                 time.sleep(min(2 ** attempt, 10))
     raise UserError(f'Cannot download {url}: {last_error.__class__.__name__}: {last_error}')
 
+def cached_url_path(url, cache_dir=None):
+    """The file in the download cache that holds `url`, or None when it has not been downloaded."""
+    cache_dir = make_cache_dir_path('downloads') if cache_dir is None else cache_dir
+    url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
+    hits = [f for f in (os.listdir(cache_dir) if os.path.isdir(cache_dir) else []) if f.startswith(url_md5 + '_')]
+    return os.path.join(cache_dir, hits[0]) if len(hits) == 1 else None
+
 def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=False, cache=True):
     """Open a local path, file:// URL or http(s) URL as a binary file object; downloads are cached on disk."""
     if not isinstance(url, str) or len(url) == 0:
@@ -227,11 +236,9 @@ def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=
     if cache_dir is None:
         cache_dir = make_cache_dir_path('downloads')
     url_md5 = hashlib.md5(url.encode('utf-8')).hexdigest()
-    if cache:
-        hits = [f for f in (os.listdir(cache_dir) if os.path.isdir(cache_dir) else []) if f.startswith(url_md5 + '_')]
-        if len(hits) == 1:
-            path = os.path.join(cache_dir, hits[0])
-            return path if return_filename else open(path, 'rb')
+    path = cached_url_path(url, cache_dir) if cache else None
+    if path is not None:
+        return path if return_filename else open(path, 'rb')
 
     data = _download(url, num_attempts=num_attempts, verbose=verbose)
     if cache:
@@ -239,26 +246,43 @@ def open_url(url, cache_dir=None, num_attempts=3, verbose=True, return_filename=
         name = name[:min(len(name), 128)]
         path = os.path.join(cache_dir, f'{url_md5}_{name}')
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f'{path}.tmp-{os.getpid()}-{time.time_ns()}'
-        with open(tmp, 'wb') as f:
-            f.write(data)
-        os.replace(tmp, path) # Atomic: concurrent ranks never see a truncated cache entry.
+        with atomic_output(path, unique=True) as tmp: # Concurrent ranks never see a truncated cache entry.
+            with open(tmp, 'wb') as f:
+                f.write(data)
         if return_filename:
             return path
     return io.BytesIO(data)
 
 #----------------------------------------------------------------------------
 
-def atomic_write_bytes(path, data):
-    """Write bytes to path through a temporary file and rename, so readers never see a partial file."""
+@contextlib.contextmanager
+def atomic_output(path, unique=False, suffix=''):
+    """Yield a temporary path beside `path`; on success sync it and rename it into place, on any error remove it.
+
+    The caller writes a file (or builds a folder) at the yielded path. Readers never see a partial output, and
+    a failure (disk full, exception, Ctrl-C) leaves neither the temporary nor a changed `path` behind.
+    `unique` adds a nanosecond stamp for writers that may race in one process tree (several ranks); `suffix`
+    ends the temporary name, for writers that pick the format by extension.
+    """
     path = os.fspath(path)
-    tmp = f'{path}.tmp-{os.getpid()}'
+    tmp = f'{path}.tmp-{os.getpid()}' + (f'-{time.time_ns()}' if unique else '') + suffix
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        if os.path.isfile(tmp):
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+        elif os.path.isdir(path) and os.path.isdir(tmp) and not os.listdir(path):
+            os.rmdir(path) # rename() replaces an empty folder on POSIX only; remove it first everywhere.
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp): # Only after a failure: a successful replace consumed it.
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp): # Only after a failure: a successful replace consumed it.
             os.remove(tmp)
+
+
+def atomic_write_bytes(path, data):
+    """Write bytes to path through a temporary file and rename, so readers never see a partial file."""
+    with atomic_output(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(data)

@@ -58,3 +58,20 @@ def _build_tiny_cond_net():
 def make_tiny_cond_net():
     """Builder of a fresh tiny conditional grey 8x8 EDMPrecond (3 classes), weights perturbed so every layer matters."""
     return _build_tiny_cond_net
+
+@pytest.fixture
+def image_dirs(tmp_path):
+    """Two folders of 12 RGB 16x16 PNGs: smooth random images, and the same darkened."""
+    import numpy as np # pylint: disable=import-outside-toplevel
+    import PIL.Image # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 255, size=[12, 4, 4, 3])
+    dirs = {}
+    for name, scale in [('a', 1.0), ('b', 0.4)]:
+        d = tmp_path / name
+        d.mkdir()
+        for i, im in enumerate(base):
+            big = np.kron(im * scale, np.ones([4, 4, 1])).astype(np.uint8)
+            PIL.Image.fromarray(big, 'RGB').save(d / f'{i:06d}.png')
+        dirs[name] = d
+    return dirs

@@ -13,7 +13,7 @@ import torch
 
 import dnnlib
 from ambient.config import configure
-from training import training_loop
+from training import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRECONDS = {'edm': ('training.networks.EDMPrecond', 'training.loss.EDMLoss'),
@@ -102,7 +102,7 @@ def test_refuses_unknown_preconditioner_and_empty_uniform_split():
 
 def stored_state(c):
     """The part of a training state that check_resume_compatible reads."""
-    return {name: json.dumps(json.loads(json.dumps(c[name])), sort_keys=True) for name in training_loop.COMPARED_KWARGS}
+    return {name: json.dumps(json.loads(json.dumps(c[name])), sort_keys=True) for name in checkpoint.COMPARED_KWARGS}
 
 
 @pytest.mark.parametrize('change, key', [(dict(sigma_tn=0.5), 'loss_kwargs.sigma_tn'), (dict(ambient_split='uniform'), 'loss_kwargs.split'),
@@ -112,11 +112,11 @@ def test_resume_with_other_ambient_options_is_refused(change, key):
     configure(first, options(sigma_tn=1.0))
     same = default_config()
     configure(same, options(sigma_tn=1.0))
-    training_loop.check_resume_compatible(stored_state(first), **{k: same[k] for k in training_loop.COMPARED_KWARGS})
+    checkpoint.check_resume_compatible(stored_state(first), **{k: same[k] for k in checkpoint.COMPARED_KWARGS})
     changed = default_config()
     configure(changed, options(**dict(dict(sigma_tn=1.0), **change)))
     with pytest.raises(dnnlib.util.UserError, match=key):
-        training_loop.check_resume_compatible(stored_state(first), **{k: changed[k] for k in training_loop.COMPARED_KWARGS})
+        checkpoint.check_resume_compatible(stored_state(first), **{k: changed[k] for k in checkpoint.COMPARED_KWARGS})
 
 
 def run(args, check=True):

@@ -2,6 +2,7 @@
 
 import http.server
 import os
+import pathlib
 import threading
 
 import pytest
@@ -86,3 +87,29 @@ def test_atomic_write_bytes(tmp_path):
     with pytest.raises(OSError):
         util.atomic_write_bytes(tmp_path / 'dir', b'x') # Cannot replace a directory by a file.
     assert sorted(os.listdir(tmp_path)) == ['a.json', 'dir'] # No temporary left behind.
+
+def test_atomic_output_file_folder_and_failure(tmp_path):
+    # A file: the temporary sits beside the target until the block ends, then replaces it.
+    target = tmp_path / 'x.bin'
+    target.write_bytes(b'old')
+    with util.atomic_output(target, suffix='.png') as tmp:
+        assert tmp.endswith('.png') and tmp.startswith(str(target) + '.tmp-')
+        with open(tmp, 'wb') as f:
+            f.write(b'new')
+        assert target.read_bytes() == b'old'
+    assert target.read_bytes() == b'new'
+    # A folder replaces an empty folder.
+    folder = tmp_path / 'out'
+    folder.mkdir()
+    with util.atomic_output(folder) as tmp:
+        os.mkdir(tmp)
+        (pathlib.Path(tmp) / 'a.txt').write_text('a')
+    assert os.listdir(folder) == ['a.txt']
+    # Any error (a full disk, Ctrl-C) leaves the target untouched and no temporary file or folder.
+    for make in (lambda p: pathlib.Path(p).write_bytes(b'partial'), os.mkdir):
+        with pytest.raises(KeyboardInterrupt):
+            with util.atomic_output(target) as tmp:
+                make(tmp)
+                raise KeyboardInterrupt
+    assert target.read_bytes() == b'new'
+    assert sorted(os.listdir(tmp_path)) == ['out', 'x.bin']

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import dnnlib
-from ambient import memorization
+from ambient import memorization, memorization_report
 from training.detectors import load_detector
 
 NUM_TRAIN, NUM_HELDOUT, NUM_COPIES = 150, 60, 12
@@ -108,24 +108,13 @@ def test_copies_flagged_heldout_not(digits, tmp_path):
     hist = PIL.Image.open(dest / 'histogram.png')
     assert hist.size[0] > 100
     grid = np.asarray(PIL.Image.open(dest / 'nearest.png').convert('RGB'))
-    _, boxes = memorization.nearest_grid(torch.zeros([NUM_COPIES, 1, 16, 16], dtype=torch.uint8),
+    _, boxes = memorization_report.nearest_grid(torch.zeros([NUM_COPIES, 1, 16, 16], dtype=torch.uint8),
                                          torch.zeros([NUM_TRAIN, 1, 16, 16], dtype=torch.uint8),
                                          list(range(NUM_COPIES)), [0] * NUM_COPIES)
     for (sy, sx), (ty, tx), (h, w) in boxes:
         left, right = grid[sy : sy + h, sx : sx + w], grid[ty : ty + h, tx : tx + w]
         assert left.std() > 0 and np.array_equal(left, right)  # every copy sits beside itself
     assert not list(dest.glob('*.tmp-*'))
-
-
-def test_nearest_grid_places_pairs():
-    samples = torch.randint(0, 256, [3, 3, 8, 8], dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    train = torch.randint(0, 256, [5, 3, 8, 8], dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    grid, boxes = memorization.nearest_grid(samples, train, [2, 0], [4, 1], labels=['a', 'b'], columns=1)
-    assert len(boxes) == 2
-    for (s, t), ((sy, sx), (ty, tx), (h, w)) in zip([(2, 4), (0, 1)], boxes):
-        assert h == 64 and w == 64
-        np.testing.assert_array_equal(grid[sy : sy + h : 8, sx : sx + w : 8], samples[s].permute(1, 2, 0).numpy())
-        np.testing.assert_array_equal(grid[ty : ty + h : 8, tx : tx + w : 8], train[t].permute(1, 2, 0).numpy())
 
 
 class _CountingDetector:
@@ -304,7 +293,7 @@ def test_failed_rewrite_leaves_no_stale_metrics(digits, tmp_path, monkeypatch):
     result = memorization.compute_memorization(samples, digits.train_zip, detector='pixel', cache_dir=str(tmp_path), verbose=False)
     names = [f'{i}.png' for i in range(NUM_COPIES)]
     dest = tmp_path / 'out'
-    memorization.write_outputs(str(dest), result, names)
+    memorization_report.write_outputs(str(dest), result, names)
     assert (dest / 'metrics.json').is_file()
     real_write = dnnlib.util.atomic_write_bytes
 
@@ -314,5 +303,5 @@ def test_failed_rewrite_leaves_no_stale_metrics(digits, tmp_path, monkeypatch):
         real_write(path, data)
     monkeypatch.setattr(dnnlib.util, 'atomic_write_bytes', failing_write)
     with pytest.raises(OSError):
-        memorization.write_outputs(str(dest), result, names)
+        memorization_report.write_outputs(str(dest), result, names)
     assert not (dest / 'metrics.json').exists() # the old one no longer vouches for the new neighbors.csv

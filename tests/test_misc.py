@@ -65,3 +65,21 @@ def test_training_stats_collector():
     training_stats.report('Test/a', 10.0)
     collector.update()
     assert collector.num('Test/a') == 1 and collector['Test/a'] == 10.0
+
+def test_rank0_first_orders_ranks_and_releases_on_error(monkeypatch):
+    from torch_utils import distributed as dist # pylint: disable=import-outside-toplevel
+    events = []
+    monkeypatch.setattr(dist, 'barrier', lambda: events.append('barrier'))
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, 'get_rank', lambda rank=rank: rank)
+        events.clear()
+        with dist.rank0_first():
+            events.append('work')
+        # Rank 0 works, then lets the others through; the others wait for that, then work.
+        assert events == (['work', 'barrier'] if rank == 0 else ['barrier', 'work'])
+    monkeypatch.setattr(dist, 'get_rank', lambda: 0)
+    events.clear()
+    with pytest.raises(RuntimeError):
+        with dist.rank0_first():
+            raise RuntimeError('download failed')
+    assert events == ['barrier'] # The other ranks are released even though rank 0 failed.

@@ -9,7 +9,8 @@ import pytest
 import scipy.ndimage
 
 import dnnlib
-from ambient import quality
+from ambient import heldout, quality
+from training import dataset, metrics
 
 #----------------------------------------------------------------------------
 
@@ -34,9 +35,9 @@ def test_frechet_distance_of_gaussians_matches_closed_form():
     mu1, mu2 = rng.randn(3), rng.randn(3)
     # Commuting (diagonal) covariances: FD = |mu1-mu2|^2 + sum (sqrt(a) - sqrt(b))^2.
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
-    fd = quality.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    fd = metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
     assert fd == pytest.approx(np.square(mu1 - mu2).sum() + np.square(np.sqrt(a) - np.sqrt(b)).sum(), rel=1e-9)
-    assert quality.frechet_distance(mu1, np.diag(a), mu1, np.diag(a)) == pytest.approx(0, abs=1e-9)
+    assert metrics.frechet_distance(mu1, np.diag(a), mu1, np.diag(a)) == pytest.approx(0, abs=1e-9)
 
 
 def test_fd_separates_real_digits_from_degraded_ones(digits, classifier):
@@ -73,7 +74,7 @@ def test_classifier_is_seeded_and_cached(digits, tmp_path):
 
 
 def _zip_with_meta(path, images, labels, source_indices=None):
-    quality.write_image_zip(images, labels, path)
+    dataset.write_image_zip(images, labels, path)
     if source_indices is not None:
         with zipfile.ZipFile(path) as z:
             entries = {n: z.read(n) for n in z.namelist()}
@@ -92,14 +93,14 @@ def test_heldout_split_excludes_the_training_subset(digits, tmp_path):
     subset = np.array([3, 7, 8, 20, 39])
     train = str(tmp_path / 'train.zip')
     _zip_with_meta(train, images[subset], None, source_indices=subset)
-    held, held_labels = quality.heldout_split(train, full)
+    held, held_labels = heldout.heldout_split(train, full)
     keep = np.setdiff1d(np.arange(40), subset)
     np.testing.assert_array_equal(held, images[keep])
     np.testing.assert_array_equal(held_labels, labels[keep])
     # The written held-out zip reads back identically.
     dest = str(tmp_path / 'heldout.zip')
-    quality.write_image_zip(held, held_labels, dest)
-    back, back_labels = quality.load_images(dest, with_labels=True)
+    dataset.write_image_zip(held, held_labels, dest)
+    back, back_labels = heldout.load_labelled(dest)
     np.testing.assert_array_equal(back, held)
     np.testing.assert_array_equal(back_labels, held_labels)
 
@@ -111,15 +112,15 @@ def test_heldout_split_rejects_mismatched_sets(digits, tmp_path):
     no_meta = str(tmp_path / 'plain.zip')
     _zip_with_meta(no_meta, images[:5], None)
     with pytest.raises(dnnlib.util.UserError, match='source_indices'):
-        quality.heldout_split(no_meta, full)
+        heldout.heldout_split(no_meta, full)
     other = str(tmp_path / 'other.zip')
     _zip_with_meta(other, 255 - images[:5], None, source_indices=range(5))
     with pytest.raises(dnnlib.util.UserError, match='differ'):
-        quality.heldout_split(other, full)
+        heldout.heldout_split(other, full)
     beyond = str(tmp_path / 'beyond.zip')
     _zip_with_meta(beyond, images[:2], None, source_indices=[0, 99])
     with pytest.raises(dnnlib.util.UserError, match='99'):
-        quality.heldout_split(beyond, full)
+        heldout.heldout_split(beyond, full)
 
 
 def test_detector_metrics_skip_with_a_note_when_weights_are_missing(digits, tmp_path, monkeypatch):

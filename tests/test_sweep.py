@@ -14,7 +14,8 @@ import PIL.Image
 import pytest
 
 import dnnlib
-from ambient import quality, sweep
+from ambient import sweep, sweep_stages
+from training import dataset
 
 #----------------------------------------------------------------------------
 # Stand-ins for train.py / generate.py / ambient.memorization: same arguments and outputs, no networks.
@@ -82,8 +83,8 @@ def fake(tmp_path, monkeypatch):
     sklearn_datasets = pytest.importorskip('sklearn.datasets')
     d = sklearn_datasets.load_digits()
     images = np.rint(d.images[:120] * (255 / 16)).astype(np.uint8)[:, None]
-    quality.write_image_zip(images[:20], None, tmp_path / 'train.zip')
-    quality.write_image_zip(images[20:], d.target[20:120], tmp_path / 'heldout.zip')
+    dataset.write_image_zip(images[:20], None, tmp_path / 'train.zip')
+    dataset.write_image_zip(images[20:], d.target[20:120], tmp_path / 'heldout.zip')
 
     def read_calls():
         if not calls.exists():
@@ -205,7 +206,7 @@ def test_evaluations_with_other_sampling_or_detector_are_refused(fake):
 
 def test_dry_run_prints_commands_and_runs_nothing(fake, capsys):
     cfg = fake.config(gpus=2)
-    tools = sweep.default_tools(cfg)
+    tools = sweep_stages.default_tools(cfg)
     assert tools['train'][:3] == ['torchrun', '--standalone', '--nproc_per_node=2']
     assert tools['memorization'][-3:] == ['-m', 'ambient.memorization', 'calc']
     assert sweep.run_sweep(cfg, tools=tools, dry_run=True) is None
@@ -229,15 +230,15 @@ def test_config_presets_and_validation(tmp_path):
 
 def test_snapshot_choice_and_progress(tmp_path):
     snaps = [(k, f'n{k}') for k in range(1, 8)]
-    assert sweep.choose_snapshots(snaps, 0) == [(7, 'n7')]
-    assert sweep.choose_snapshots(snaps, 1) == snaps
-    assert [k for k, _ in sweep.choose_snapshots(snaps, 3)] == [1, 4, 7]
-    assert sweep.choose_snapshots([], 2) == []
+    assert sweep_stages.choose_snapshots(snaps, 0) == [(7, 'n7')]
+    assert sweep_stages.choose_snapshots(snaps, 1) == snaps
+    assert [k for k, _ in sweep_stages.choose_snapshots(snaps, 3)] == [1, 4, 7]
+    assert sweep_stages.choose_snapshots([], 2) == []
     (tmp_path / 'stats.jsonl').write_text('\n'.join(json.dumps({'Progress/kimg': {'mean': k}}) for k in (0.064, 12.032, 24.0)))
     (tmp_path / 'training_options.json').write_text(json.dumps(dict(batch_size=64)))
-    p = sweep.snapshot_progress(str(tmp_path), 12, num_train=100)
+    p = sweep_stages.snapshot_progress(str(tmp_path), 12, num_train=100)
     assert p == dict(kimg=12.032, nimg=12032, iters=188, epochs=120.32)
-    assert sweep.snapshot_progress(str(tmp_path / 'none'), 3, 0) == dict(kimg=3.0, nimg=3000, iters=None, epochs=None)
+    assert sweep_stages.snapshot_progress(str(tmp_path / 'none'), 3, 0) == dict(kimg=3.0, nimg=3000, iters=None, epochs=None)
 
 #----------------------------------------------------------------------------
 # The real CLIs, end to end on CPU (toy network, a few hundred steps).
@@ -300,9 +301,9 @@ def test_demo_preset_options_are_accepted_by_train_py(tmp_path, repo_dir):
     """train.py's own dry run (-n) parses the demo's options and builds its configuration."""
     sklearn_datasets = pytest.importorskip('sklearn.datasets')
     images = np.rint(sklearn_datasets.load_digits().images[:8] * (255 / 16)).astype(np.uint8)[:, None]
-    quality.write_image_zip(images, None, tmp_path / 'd.zip')
+    dataset.write_image_zip(images, None, tmp_path / 'd.zip')
     cfg = sweep.make_config(str(tmp_path / 'out'), preset='demo')
-    argv = sweep.train_argv(cfg, str(tmp_path / 'd.zip'), 0.5, str(tmp_path / 'run'))
+    argv = sweep_stages.train_argv(cfg, str(tmp_path / 'd.zip'), 0.5, str(tmp_path / 'run'))
     result = subprocess.run([sys.executable, str(repo_dir / 'train.py'), *argv, '-n'], cwd=repo_dir, env=_env(repo_dir),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -314,16 +315,16 @@ def test_existing_subset_with_other_options_is_refused(tmp_path, capsys):
     images = np.zeros([5, 1, 8, 8], dtype=np.uint8)
     dest = tmp_path / 'out' / 'data' / 'train.zip'
     dest.parent.mkdir(parents=True)
-    quality.write_image_zip(images, None, dest)
+    dataset.write_image_zip(images, None, dest)
     with pytest.raises(dnnlib.util.UserError, match='source_indices|subset of 0'):
-        sweep.check_subset(str(dest), 5, 0) # No subset record at all.
+        sweep_stages.check_subset(str(dest), 5, 0) # No subset record at all.
     with zipfile.ZipFile(dest) as z:
         files = {name: z.read(name) for name in z.namelist() if name != 'dataset.json'}
     with zipfile.ZipFile(dest, 'w') as z:
         for name, data in files.items():
             z.writestr(name, data)
         z.writestr('dataset.json', json.dumps(dict(labels=None, subset_seed=0, source_indices=[3, 5, 8, 13, 21])))
-    sweep.check_subset(str(dest), 5, 0)
+    sweep_stages.check_subset(str(dest), 5, 0)
     for subset, seed in [(6, 0), (5, 1)]:
         cfg = sweep.make_config(str(tmp_path / 'out'), source='digits', subset=subset, data_seed=seed, sigma_tn='0')
         with pytest.raises(dnnlib.util.UserError, match='use another --outdir'):

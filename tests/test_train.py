@@ -37,8 +37,8 @@ def finish(proc):
     return out
 
 def final_state(run_dir):
-    from training import training_loop
-    return torch.load(training_loop.find_training_state(str(run_dir)), weights_only=True)
+    from training import checkpoint
+    return torch.load(checkpoint.find_training_state(str(run_dir)), weights_only=True)
 
 def assert_same_training(a, b):
     for part in ('net', 'ema'):

@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import dnnlib # pylint: disable=wrong-import-position
-from training import training_loop # pylint: disable=wrong-import-position
+from training import checkpoint, training_loop # pylint: disable=wrong-import-position
 from training.dataset import ImageFolderDataset # pylint: disable=wrong-import-position
 
 BATCH = 8
@@ -85,7 +85,7 @@ def run_driver(config, nproc=1, kill_at_dump=None, weights_out=None, check=True)
     return proc
 
 def load_state(run_dir):
-    return torch.load(training_loop.find_training_state(str(run_dir)), weights_only=True)
+    return torch.load(checkpoint.find_training_state(str(run_dir)), weights_only=True)
 
 def assert_tensors_equal(a, b, path=''):
     """Bitwise equality of nested dicts/lists of tensors and numbers."""
@@ -211,7 +211,7 @@ def test_sigkill_while_writing_a_dump_then_resume_is_bit_exact(data_zip, tmp_pat
     assert load_state(tmp_path / 'b')['cur_nimg'] == 5 * BATCH
 
     # Resume in a new run directory, with a DataLoader worker this time: the data order must not change.
-    resume = training_loop.find_training_state(str(tmp_path / 'b'))
+    resume = checkpoint.find_training_state(str(tmp_path / 'b'))
     run_driver(tiny_config(data_zip, tmp_path / 'c', resume_state_dump=resume,
                            data_loader_kwargs=dict(num_workers=1, prefetch_factor=2), **base))
     a, c = load_state(tmp_path / 'a'), load_state(tmp_path / 'c')
@@ -259,30 +259,30 @@ def test_nonfinite_loss_stops_and_names_last_good_snapshot(data_zip, tmp_path):
 def test_find_training_state_picks_newest_and_refuses_nothing(tmp_path):
     for name in ('training-state-000004.pt', 'training-state-000012.pt', 'training-state-000100.pt.tmp-77', 'other.pt'):
         (tmp_path / name).write_bytes(b'x')
-    assert training_loop.find_training_state(str(tmp_path)) == str(tmp_path / 'training-state-000012.pt')
-    assert training_loop.find_training_state(str(tmp_path / 'training-state-000004.pt')).endswith('000004.pt')
+    assert checkpoint.find_training_state(str(tmp_path)) == str(tmp_path / 'training-state-000012.pt')
+    assert checkpoint.find_training_state(str(tmp_path / 'training-state-000004.pt')).endswith('000004.pt')
     with pytest.raises(dnnlib.util.UserError, match='does not exist'):
-        training_loop.find_training_state(str(tmp_path / 'missing'))
+        checkpoint.find_training_state(str(tmp_path / 'missing'))
     with pytest.raises(dnnlib.util.UserError, match='training-state'):
-        training_loop.find_training_state(str(tmp_path / 'other.pt'))
+        checkpoint.find_training_state(str(tmp_path / 'other.pt'))
     (tmp_path / 'empty').mkdir()
     with pytest.raises(dnnlib.util.UserError, match='no training-state'):
-        training_loop.find_training_state(str(tmp_path / 'empty'))
+        checkpoint.find_training_state(str(tmp_path / 'empty'))
     with pytest.raises(dnnlib.util.UserError, match='cannot read'):
-        training_loop.load_training_state(str(tmp_path / 'training-state-000004.pt'))
+        checkpoint.load_training_state(str(tmp_path / 'training-state-000004.pt'))
 
 def test_resume_refuses_changed_kwargs_naming_the_key():
     stored = dict(network_kwargs=dict(class_name='N', dropout=0.1, channel_mult=[1, 2]),
                   loss_kwargs=dict(class_name='L', sigma_tn=0.5), dataset_kwargs=dict(path='a.zip'))
     state = {k: json.dumps(v) for k, v in stored.items()}
-    training_loop.check_resume_compatible(state, **{k: dnnlib.EasyDict(v) for k, v in stored.items()})
-    training_loop.check_resume_compatible(state, **dict(stored, network_kwargs=dict(stored['network_kwargs'], channel_mult=(1, 2))))
+    checkpoint.check_resume_compatible(state, **{k: dnnlib.EasyDict(v) for k, v in stored.items()})
+    checkpoint.check_resume_compatible(state, **dict(stored, network_kwargs=dict(stored['network_kwargs'], channel_mult=(1, 2))))
     with pytest.raises(dnnlib.util.UserError, match=r'loss_kwargs\.sigma_tn differs.*stored 0\.5, now 0\.2'):
-        training_loop.check_resume_compatible(state, **dict(stored, loss_kwargs=dict(class_name='L', sigma_tn=0.2)))
+        checkpoint.check_resume_compatible(state, **dict(stored, loss_kwargs=dict(class_name='L', sigma_tn=0.2)))
     with pytest.raises(dnnlib.util.UserError, match=r'dataset_kwargs\.xflip differs'):
-        training_loop.check_resume_compatible(state, **dict(stored, dataset_kwargs=dict(path='a.zip', xflip=True)))
+        checkpoint.check_resume_compatible(state, **dict(stored, dataset_kwargs=dict(path='a.zip', xflip=True)))
     with pytest.raises(dnnlib.util.UserError, match=r'network_kwargs\.channel_mult differs'):
-        training_loop.check_resume_compatible(state, **dict(stored, network_kwargs=dict(stored['network_kwargs'], channel_mult=[2, 2])))
+        checkpoint.check_resume_compatible(state, **dict(stored, network_kwargs=dict(stored['network_kwargs'], channel_mult=[2, 2])))
 
 def test_ema_halflife_rampup_and_lr_rampup():
     torch.manual_seed(0)
@@ -307,14 +307,14 @@ def test_setup_draws_random_numbers_in_edms_order(data_zip, tmp_path):
     # the network: the same seed must give EDM's initial weights, which requires that one draw to happen.
     from torch_utils import misc
     c = tiny_config(data_zip, tmp_path)
-    training_loop._seed_rank(c['seed']) # pylint: disable=protected-access
+    checkpoint.seed_rank(c['seed']) # pylint: disable=protected-access
     dataset_obj = dnnlib.util.construct_class_by_name(**c['dataset_kwargs'])
     sampler = misc.InfiniteSampler(dataset=dataset_obj, seed=c['seed'])
     edm_images, _ = next(iter(torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=4)))
     edm_net = dnnlib.util.construct_class_by_name(**c['network_kwargs'], img_resolution=dataset_obj.resolution,
                                                   img_channels=dataset_obj.num_channels, label_dim=dataset_obj.label_dim)
 
-    training_loop._seed_rank(c['seed']) # pylint: disable=protected-access
+    checkpoint.seed_rank(c['seed']) # pylint: disable=protected-access
     t = training_loop.setup_training(c['dataset_kwargs'], c['data_loader_kwargs'], c['network_kwargs'], c['loss_kwargs'],
                                      c['optimizer_kwargs'], c['augment_kwargs'], c['seed'], 4, None, torch.device('cpu'))
     assert_tensors_equal(t.net.state_dict(), edm_net.state_dict())
@@ -337,7 +337,7 @@ def _kill_during_nth_save(n):
     calls = [0]
     def save(obj, f, *args, **kwargs):
         # Pickling any tensor calls torch.save too: count only the training states.
-        is_state = isinstance(obj, dict) and obj.get('format') == training_loop.STATE_FORMAT
+        is_state = isinstance(obj, dict) and obj.get('format') == checkpoint.STATE_FORMAT
         calls[0] += is_state
         if calls[0] < n or not is_state:
             return real_save(obj, f, *args, **kwargs)

@@ -1,5 +1,6 @@
 """The distributed context: one process, or torchrun's ranks over NCCL (CUDA) or gloo (CPU)."""
 
+import contextlib
 import datetime
 import os
 
@@ -49,6 +50,18 @@ def barrier():
     """Wait for all ranks (no-op in a single process)."""
     if is_distributed():
         torch.distributed.barrier()
+
+@contextlib.contextmanager
+def rank0_first():
+    """Run the block on rank 0 before the other ranks, so that a download or a cache fill happens once."""
+    if get_rank() != 0:
+        barrier()
+    try:
+        yield
+    finally:
+        # Also after an error: the other ranks must not wait forever; they then meet the error themselves.
+        if get_rank() == 0:
+            barrier()
 
 def shutdown():
     """Leave the process group cleanly; all ranks meet first, or gloo may abort at exit."""

@@ -1,5 +1,6 @@
 """Image datasets read from a folder or zip written by dataset_tool.py (EDM's format and semantics)."""
 
+import io
 import json
 import os
 import zipfile
@@ -281,5 +282,59 @@ class ImageFolderDataset(Dataset):
         if labels.ndim not in (1, 2) or labels.dtype.kind not in 'iuf' or (labels.ndim == 1 and labels.dtype.kind == 'f'):
             raise dnnlib.util.UserError(f'Labels in dataset.json in {self._path} must be class integers or equal-length number lists')
         return labels.astype(np.int64 if labels.ndim == 1 else np.float32)
+
+#----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Whole data sets in memory (evaluation, metrics, held-out splits).
+
+def read_dataset_json(path):
+    """The dataset.json dict of a folder or zip ({} when absent)."""
+    path = os.fspath(path)
+    try:
+        if os.path.isdir(path):
+            name = os.path.join(path, 'dataset.json')
+            if not os.path.isfile(name):
+                return {}
+            with open(name, 'rb') as f:
+                return json.load(f)
+        with zipfile.ZipFile(path) as z:
+            if 'dataset.json' not in z.namelist():
+                return {}
+            return json.loads(z.read('dataset.json'))
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise dnnlib.util.UserError(f'Cannot read dataset.json of {path}: {err}') from None
+
+
+def load_images(path, max_size=None, use_labels=False):
+    """All images of a folder or zip as uint8 NCHW numpy, in dataset order, and an EasyDict describing them.
+
+    The EasyDict holds `names` (file names), `raw_indices` (int64) and `labels` (the raw labels of
+    dataset.json, int64 classes or float vectors, or None). max_size keeps EDM's seeded random subset
+    (random_seed 0).
+    """
+    dataset = ImageFolderDataset(os.fspath(path), use_labels=use_labels, xflip=False, max_size=max_size)
+    try:
+        images = np.stack([dataset[i][0] for i in range(len(dataset))])
+        raw = np.asarray([dataset.get_raw_index(i) for i in range(len(dataset))], dtype=np.int64)
+        labels = dataset._get_raw_labels()[raw] if use_labels and dataset.has_labels else None # pylint: disable=protected-access
+        return images, dnnlib.EasyDict(names=[dataset.get_fname(r) for r in raw], raw_indices=raw, labels=labels)
+    finally:
+        dataset.close()
+
+
+def write_image_zip(images, labels, dest):
+    """Write uint8 NCHW images (and optional class labels) as an EDM dataset zip, atomically."""
+    buf = io.BytesIO()
+    names = [f'img{i:08d}.png' for i in range(len(images))]
+    with zipfile.ZipFile(buf, 'w', compression=zipfile.ZIP_STORED) as z:
+        for name, image in zip(names, images):
+            hwc = image.transpose(1, 2, 0)
+            png = io.BytesIO()
+            PIL.Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc).save(png, format='png', compress_level=0)
+            z.writestr(name, png.getvalue())
+        meta = dict(labels=None if labels is None else [[n, int(l)] for n, l in zip(names, labels)])
+        z.writestr('dataset.json', json.dumps(meta))
+    dnnlib.util.atomic_write_bytes(dest, buf.getvalue())
 
 #----------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def _dinov2_from_hub(arch, source_dir=None, pretrained=True):
     return torch.hub.load(DINOV2_REPO, arch, pretrained=pretrained, trust_repo=True, verbose=False, skip_validation=True)
 
 
-def _in_hub_cache(arch):
+def in_hub_cache(arch):
     """True when torch.hub can build DINOv2 `arch` from its cache alone (repo and weights present)."""
     hub = torch.hub.get_dir()
     repo = os.path.join(hub, DINOV2_REPO.replace('/', '_') + '_main')
@@ -148,7 +148,7 @@ def _load_dinov2(path, device, option, arch='dinov2_vitg14', preprocess='ambient
            f'state dict with that repo in the torch hub cache), or prefill the torch hub cache ({torch.hub.get_dir()}) '
            f'online: python -c "import torch; torch.hub.load(\'{DINOV2_REPO}\', \'{arch}\')"')
     # Offline, torch.hub would try the network and may hang behind a proxy: refuse at once instead.
-    if path is None and not download and not _in_hub_cache(arch):
+    if path is None and not download and not in_hub_cache(arch):
         raise dnnlib.util.UserError(f'DINOv2 {arch} is not in the torch hub cache; {how}')
     try:
         if path is None:
@@ -169,6 +169,15 @@ def _load_dinov2(path, device, option, arch='dinov2_vitg14', preprocess='ambient
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise dnnlib.util.UserError(f'Cannot load DINOv2 {arch} ({e.__class__.__name__}: {first}); {how}') from None
     return DINOv2Detector(model, device, preprocess=preprocess, feature_dim=DINOV2_DIMS[arch])
+
+
+def weights_cached(name, arch='dinov2_vitg14', **_opts):
+    """Whether detector `name`'s default weights are on disk already, so that loading it needs no internet."""
+    if name == 'inception':
+        return dnnlib.util.cached_url_path(INCEPTION_URL) is not None
+    if name == 'dinov2':
+        return in_hub_cache(arch)
+    return True
 
 
 def load_detector(name, path=None, device='cpu', option='--detector', **opts):

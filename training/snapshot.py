@@ -108,12 +108,7 @@ def save_network_safetensors(net, path):
     metadata = dict(format='pt', class_name=class_name, init_kwargs=init_kwargs)
     dirname = os.path.dirname(os.path.abspath(path))
     os.makedirs(dirname, exist_ok=True)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
+    with dnnlib.util.atomic_output(path) as tmp:
         safetensors.torch.save_file(state_dict, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 #----------------------------------------------------------------------------

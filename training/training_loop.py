@@ -4,134 +4,17 @@ import copy
 import json
 import os
 import pickle
-import random
-import re
 import time
 
-import numpy as np
 import psutil
 import torch
 
 import dnnlib
 from torch_utils import distributed as dist
+from torch_utils import lifetime
 from torch_utils import misc
 from torch_utils import training_stats
-from training import snapshot
-
-STATE_FORMAT = 'edm-ambient-training-state-1'
-STATE_PATTERN = re.compile(r'training-state-(\d+)\.pt')
-COMPARED_KWARGS = ('network_kwargs', 'loss_kwargs', 'dataset_kwargs')
-
-#----------------------------------------------------------------------------
-# Files.
-
-def atomic_save(path, write_fn):
-    """Call write_fn(file) on `<path>.tmp-<pid>`, sync it, then rename into place: a reader never sees a partial file."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        with open(tmp, 'wb') as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-def find_training_state(path):
-    """The training-state file `path` names: the file itself, or the newest training-state-*.pt in a run directory."""
-    if path is None or not os.path.exists(path):
-        raise dnnlib.util.UserError(f'--resume: {path} does not exist')
-    if os.path.isdir(path):
-        found = [(int(m.group(1)), name) for name in os.listdir(path) if (m := STATE_PATTERN.fullmatch(name))]
-        if not found:
-            raise dnnlib.util.UserError(f'--resume: no training-state-*.pt in {path}')
-        return os.path.join(path, max(found)[1])
-    if not STATE_PATTERN.fullmatch(os.path.basename(path)):
-        raise dnnlib.util.UserError(f'--resume must be a run directory or a training-state-*.pt file, not {path}')
-    return path
-
-def load_training_state(path):
-    """Read a training-state file with torch.load(weights_only=True); UserError when it is not one."""
-    try:
-        state = torch.load(path, map_location=torch.device('cpu'), weights_only=True)
-    except Exception as e: # pylint: disable=broad-except
-        raise dnnlib.util.UserError(f'--resume: cannot read {path}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ""}') from None
-    if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
-        raise dnnlib.util.UserError(f'--resume: {path} is not a training state written by this trainer')
-    return state
-
-def _plain(obj):
-    """obj as plain JSON types (tuples become lists, EasyDicts dicts), for storing and comparing configs."""
-    return json.loads(json.dumps(obj))
-
-def _first_difference(stored, current, prefix):
-    """Dotted name of the first key where two plain configs differ, or None."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        for key in sorted(set(stored) | set(current)):
-            if key not in stored or key not in current:
-                return f'{prefix}.{key}'
-            found = _first_difference(stored[key], current[key], f'{prefix}.{key}')
-            if found is not None:
-                return found
-        return None
-    return None if stored == current else prefix
-
-def check_resume_compatible(state, **kwargs):
-    """Raise UserError naming the first key of network/loss/dataset kwargs that differs from the stored run."""
-    for name in COMPARED_KWARGS:
-        stored = json.loads(state[name])
-        current = _plain(kwargs[name])
-        key = _first_difference(stored, current, name)
-        if key is not None:
-            show = lambda cfg: json.dumps(_lookup(cfg, key.split('.')[1:]))
-            raise dnnlib.util.UserError(f'--resume: {key} differs from the stored training state '
-                                        f'(stored {show(stored)}, now {show(current)})')
-
-def _lookup(cfg, keys):
-    for key in keys:
-        if not isinstance(cfg, dict) or key not in cfg:
-            return '<absent>'
-        cfg = cfg[key]
-    return cfg
-
-#----------------------------------------------------------------------------
-# Randomness.
-
-def _seed_rank(seed):
-    """Seed numpy and torch for this rank exactly as EDM does (and Python's random, which EDM leaves unseeded)."""
-    rank_seed = (seed * dist.get_world_size() + dist.get_rank()) % (1 << 31)
-    random.seed(rank_seed)
-    np.random.seed(rank_seed)
-    torch.manual_seed(np.random.randint(1 << 31))
-
-def _get_rng_state():
-    """This process's random generator states as tensors and numbers (storable with weights_only)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
-                           has_gauss=int(has_gauss), cached_gaussian=float(cached)),
-                python=dict(version=py_version, internal=list(py_internal), gauss=py_gauss))
-
-def _set_rng_state(s):
-    torch.set_rng_state(s['torch'])
-    if s['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s['cuda'])
-    n = s['numpy']
-    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached_gaussian']))
-    p = s['python']
-    random.setstate((p['version'], tuple(p['internal']), p['gauss']))
-
-def _gather_rng_states():
-    """RNG states of all ranks, in rank order (a collective call)."""
-    mine = _get_rng_state()
-    if dist.get_world_size() == 1:
-        return [mine]
-    states = [None] * dist.get_world_size()
-    torch.distributed.all_gather_object(states, mine)
-    return states
+from training import checkpoint
 
 #----------------------------------------------------------------------------
 # Setup.
@@ -164,8 +47,9 @@ def _make_data_iterator(dataset_obj, data_loader_kwargs, seed, batch_gpu, start_
     # iter() draws the workers' base seed from the global torch RNG, as in EDM: the network built next then gets
     # EDM's initial weights for the same seed. Resume stays exact because setup replays this draw before the
     # stored RNG states are restored.
+    # Workers die with this process even when it is killed before the first batch (torch_utils/lifetime.py).
     loader = torch.utils.data.DataLoader(dataset=dataset_obj, sampler=sampler, batch_size=batch_gpu,
-                                         **_data_loader_options(data_loader_kwargs, device))
+                                         **lifetime.data_loader_kwargs(_data_loader_options(data_loader_kwargs, device)))
     return iter(loader)
 
 def _build_network(network_kwargs, dataset_obj, device, batch_gpu):
@@ -184,12 +68,8 @@ def _build_network(network_kwargs, dataset_obj, device, batch_gpu):
 def _load_transfer(net, ema, resume_pkl):
     """Copy the EMA weights of an EDM-style snapshot pickle into net and ema (transfer learning)."""
     dist.print0(f'Loading network weights from "{resume_pkl}"...')
-    if dist.get_rank() != 0:
-        dist.barrier() # Rank 0 first, so that a download lands in the cache once.
-    with dnnlib.util.open_url(resume_pkl, verbose=(dist.get_rank() == 0)) as f:
+    with dist.rank0_first(), dnnlib.util.open_url(resume_pkl, verbose=(dist.get_rank() == 0)) as f:
         data = pickle.load(f)
-    if dist.get_rank() == 0:
-        dist.barrier()
     if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
         raise dnnlib.util.UserError(f'--transfer: {resume_pkl} holds no "ema" network')
     misc.copy_params_and_buffers(src_module=data['ema'], dst_module=net, require_all=False)
@@ -316,45 +196,6 @@ def _status_line(cur_tick, cur_nimg, tick_start_nimg, start_time, tick_start_tim
     ]
     return ' '.join(fields)
 
-def save_snapshot(t, run_dir, cur_nimg, dataset_kwargs):
-    """Write network-snapshot-NNNNNN.pkl (EDM layout) and the .safetensors of its EMA; returns the .pkl path."""
-    data = dict(ema=t.ema, loss_fn=t.loss_fn, augment_pipe=t.augment_pipe, dataset_kwargs=dict(dataset_kwargs))
-    for key, value in data.items():
-        if isinstance(value, torch.nn.Module):
-            value = copy.deepcopy(value).eval().requires_grad_(False)
-            misc.check_ddp_consistency(value)
-            data[key] = value.cpu()
-    path = os.path.join(run_dir, f'network-snapshot-{cur_nimg // 1000:06d}.pkl') if run_dir is not None else None
-    if dist.get_rank() == 0:
-        atomic_save(path, lambda f: pickle.dump(data, f))
-        snapshot.save_network_safetensors(data['ema'], path[:-len('.pkl')] + '.safetensors')
-    return path
-
-def save_training_state(t, run_dir, cur_nimg, cur_tick, seed, compared_kwargs, last_snapshot):
-    """Write training-state-NNNNNN.pt: everything needed to continue bit-exactly (a collective call)."""
-    rng = _gather_rng_states()
-    if dist.get_rank() != 0:
-        return
-    state = dict(format=STATE_FORMAT, net=t.net.state_dict(), ema=t.ema.state_dict(), optimizer=t.optimizer.state_dict(),
-                 cur_nimg=int(cur_nimg), cur_tick=int(cur_tick), nonfinite_steps=int(t.nonfinite_steps),
-                 seed=int(seed), world_size=dist.get_world_size(), rng=rng, last_snapshot=last_snapshot or '',
-                 **{name: json.dumps(_plain(compared_kwargs[name]), sort_keys=True) for name in COMPARED_KWARGS})
-    path = os.path.join(run_dir, f'training-state-{cur_nimg // 1000:06d}.pt')
-    atomic_save(path, lambda f: torch.save(state, f))
-
-def restore_training_state(t, state):
-    """Load net, EMA, optimizer and this rank's RNG states from a training state (after setup_training)."""
-    t.net.load_state_dict(state['net'], strict=True)
-    t.ema.load_state_dict(state['ema'], strict=True)
-    t.optimizer.load_state_dict(state['optimizer'])
-    t.nonfinite_steps.fill_(state['nonfinite_steps'])
-    if len(state['rng']) == dist.get_world_size():
-        _set_rng_state(state['rng'][dist.get_rank()])
-    else:
-        dist.print0(f'Note: the state was written by {len(state["rng"])} processes, not {dist.get_world_size()}: '
-                    'random streams are re-seeded, so the run continues correctly but not bit-exactly.')
-        _seed_rank(state['seed'] + state['cur_nimg'])
-
 #----------------------------------------------------------------------------
 
 def training_loop(
@@ -379,6 +220,7 @@ def training_loop(
     state_dump_ticks    = 500,      # Training-state interval in ticks, None = off.
     resume_pkl          = None,     # Initial weights from this snapshot pickle (transfer learning).
     resume_state_dump   = None,     # Continue exactly from this training-state file.
+    resume_state        = None,     # That file's contents, when the caller has already read and checked them.
     cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
     bf16                = False,    # bfloat16 autocast around the loss.
     max_nonfinite_steps = 100,      # Stop after this many consecutive steps with a NaN/Inf loss.
@@ -387,54 +229,55 @@ def training_loop(
     """Train a network; writes status lines, stats.jsonl, snapshots and training states into run_dir."""
     start_time = time.time()
     device = torch.device(device) if device is not None else dist.get_device()
-    _seed_rank(seed)
+    checkpoint.seed_rank(seed)
     _set_backends(cudnn_benchmark)
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
     compared_kwargs = dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs, dataset_kwargs=dataset_kwargs)
-    state = None
-    if resume_state_dump:
+    state = resume_state
+    if resume_state_dump and state is None:
         dist.print0(f'Loading training state from "{resume_state_dump}"...')
-        state = load_training_state(resume_state_dump)
-        check_resume_compatible(state, **compared_kwargs)
+        state = checkpoint.load_training_state(resume_state_dump)
+        checkpoint.check_resume_compatible(state, **compared_kwargs)
 
-    p = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, last_snapshot='', stats_jsonl=None, start_time=start_time)
+    progress = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, last_snapshot='', stats_jsonl=None, start_time=start_time)
     if state:
-        p.update(cur_nimg=state['cur_nimg'], cur_tick=state['cur_tick'], last_snapshot=state['last_snapshot'])
+        progress.update(cur_nimg=state['cur_nimg'], cur_tick=state['cur_tick'], last_snapshot=state['last_snapshot'])
     t = setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, augment_kwargs,
-                       seed, batch_size, batch_gpu, device, start_nimg=p.cur_nimg, bf16=bf16, loss_scaling=loss_scaling)
+                       seed, batch_size, batch_gpu, device, start_nimg=progress.cur_nimg, bf16=bf16,
+                       loss_scaling=loss_scaling)
     if resume_pkl is not None:
         _load_transfer(t.net, t.ema, resume_pkl)
     if state:
-        restore_training_state(t, state) # Last: setup drew random numbers that the uninterrupted run did not.
+        checkpoint.restore_training_state(t, state) # Last: setup drew random numbers that the uninterrupted run did not.
     del state
 
-    o = dnnlib.EasyDict(run_dir=run_dir, dataset_kwargs=dataset_kwargs, compared_kwargs=compared_kwargs, seed=seed,
-                        snapshot_ticks=snapshot_ticks, state_dump_ticks=state_dump_ticks,
-                        total_nimg=total_iters * batch_size if total_iters is not None else total_kimg * 1000)
-    dist.print0(f'Training for {total_kimg if total_iters is None else format(o.total_nimg / 1e3, "g")} kimg...')
+    plan = dnnlib.EasyDict(run_dir=run_dir, dataset_kwargs=dataset_kwargs, compared_kwargs=compared_kwargs, seed=seed,
+                           snapshot_ticks=snapshot_ticks, state_dump_ticks=state_dump_ticks,
+                           total_nimg=total_iters * batch_size if total_iters is not None else total_kimg * 1000)
+    dist.print0(f'Training for {total_kimg if total_iters is None else format(plan.total_nimg / 1e3, "g")} kimg...')
     dist.print0()
-    if p.cur_nimg >= o.total_nimg:
-        dist.print0(f'Already trained for {p.cur_nimg / 1e3:g} kimg; nothing to do.')
+    if progress.cur_nimg >= plan.total_nimg:
+        dist.print0(f'Already trained for {progress.cur_nimg / 1e3:g} kimg; nothing to do.')
         return
     check_every = max(1, min(16, max_nonfinite_steps // 4)) # Reading the counter syncs the device: not every step.
-    p.tick_start_nimg = p.cur_nimg
-    p.tick_start_time = time.time()
-    p.maintenance_time = p.tick_start_time - start_time
-    dist.update_progress(p.cur_nimg // 1000, o.total_nimg // 1000)
+    progress.tick_start_nimg = progress.cur_nimg
+    progress.tick_start_time = time.time()
+    progress.maintenance_time = progress.tick_start_time - start_time
+    dist.update_progress(progress.cur_nimg // 1000, plan.total_nimg // 1000)
     while True:
-        train_step(t, p.cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio)
-        p.cur_nimg += batch_size
-        done = (p.cur_nimg >= o.total_nimg)
-        at_tick = done or p.cur_tick == 0 or p.cur_nimg >= p.tick_start_nimg + kimg_per_tick * 1000
+        train_step(t, progress.cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio)
+        progress.cur_nimg += batch_size
+        done = (progress.cur_nimg >= plan.total_nimg)
+        at_tick = done or progress.cur_tick == 0 or progress.cur_nimg >= progress.tick_start_nimg + kimg_per_tick * 1000
         # Checked on global step numbers, so that a resumed run stops exactly where the uninterrupted one would.
-        if (at_tick or (p.cur_nimg // batch_size) % check_every == 0) and _max_nonfinite_steps(t) >= max_nonfinite_steps:
+        if (at_tick or (progress.cur_nimg // batch_size) % check_every == 0) and _max_nonfinite_steps(t) >= max_nonfinite_steps:
             raise dnnlib.util.UserError(f'The loss was NaN/Inf for {max_nonfinite_steps} consecutive steps (at kimg '
-                                        f'{p.cur_nimg / 1e3:.3f}); stopping. Last good snapshot: {p.last_snapshot or "none"}')
-        if at_tick and _end_tick(t, p, o, done):
+                                        f'{progress.cur_nimg / 1e3:.3f}); stopping. Last good snapshot: {progress.last_snapshot or "none"}')
+        if at_tick and _end_tick(t, progress, plan, done):
             break
-    if p.stats_jsonl is not None:
-        p.stats_jsonl.close()
+    if progress.stats_jsonl is not None:
+        progress.stats_jsonl.close()
     dist.print0()
     dist.print0('Exiting...')
 
@@ -445,35 +288,39 @@ def _set_backends(cudnn_benchmark):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
-def _end_tick(t, p, o, done):
-    """Status line, snapshot, training state and stats.jsonl at the end of a tick; returns True when training is over."""
+def _end_tick(t, progress, plan, done):
+    """Status line, snapshot, training state and stats.jsonl at the end of a tick; returns True when training is over.
+
+    `t` is the training setup (nets, optimizer, data), `progress` the counters and timers that change every tick,
+    `plan` what stays fixed for the run (output folder, snapshot and dump intervals, the configs to store).
+    """
     tick_end_time = time.time()
-    dist.print0(_status_line(p.cur_tick, p.cur_nimg, p.tick_start_nimg, p.start_time, p.tick_start_time, tick_end_time,
-                             p.maintenance_time, t.device))
+    dist.print0(_status_line(progress.cur_tick, progress.cur_nimg, progress.tick_start_nimg, progress.start_time, progress.tick_start_time, tick_end_time,
+                             progress.maintenance_time, t.device))
     if (not done) and dist.should_stop():
         done = True
         dist.print0()
         dist.print0('Aborting...')
 
-    if (o.snapshot_ticks is not None) and (done or p.cur_tick % o.snapshot_ticks == 0):
-        path = save_snapshot(t, o.run_dir, p.cur_nimg, o.dataset_kwargs)
+    if (plan.snapshot_ticks is not None) and (done or progress.cur_tick % plan.snapshot_ticks == 0):
+        path = checkpoint.save_snapshot(t, plan.run_dir, progress.cur_nimg, plan.dataset_kwargs)
         if int(t.nonfinite_steps) == 0:
-            p.last_snapshot = path
-    if (o.state_dump_ticks is not None) and (done or p.cur_tick % o.state_dump_ticks == 0) and p.cur_tick != 0:
-        save_training_state(t, o.run_dir, p.cur_nimg, p.cur_tick + 1, o.seed, o.compared_kwargs, p.last_snapshot)
+            progress.last_snapshot = path
+    if (plan.state_dump_ticks is not None) and (done or progress.cur_tick % plan.state_dump_ticks == 0) and progress.cur_tick != 0:
+        checkpoint.save_training_state(t, plan.run_dir, progress.cur_nimg, progress.cur_tick + 1, plan.seed, plan.compared_kwargs, progress.last_snapshot)
 
     training_stats.default_collector.update()
     if dist.get_rank() == 0:
-        if p.stats_jsonl is None:
-            p.stats_jsonl = open(os.path.join(o.run_dir, 'stats.jsonl'), 'at')
-        p.stats_jsonl.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
-        p.stats_jsonl.flush()
-    dist.update_progress(p.cur_nimg // 1000, o.total_nimg // 1000)
+        if progress.stats_jsonl is None:
+            progress.stats_jsonl = open(os.path.join(plan.run_dir, 'stats.jsonl'), 'at')
+        progress.stats_jsonl.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
+        progress.stats_jsonl.flush()
+    dist.update_progress(progress.cur_nimg // 1000, plan.total_nimg // 1000)
 
-    p.cur_tick += 1
-    p.tick_start_nimg = p.cur_nimg
-    p.tick_start_time = time.time()
-    p.maintenance_time = p.tick_start_time - tick_end_time
+    progress.cur_tick += 1
+    progress.tick_start_nimg = progress.cur_nimg
+    progress.tick_start_time = time.time()
+    progress.maintenance_time = progress.tick_start_time - tick_end_time
     return done
 
 #----------------------------------------------------------------------------
