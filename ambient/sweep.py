@@ -7,6 +7,8 @@ train.py options, --samples, --steps, --detector) is refused rather than reused.
 resumes from its latest training state (train.py --resume). The reports are written by ambient/sweep_report.py.
 """
 
+import concurrent.futures
+import itertools
 import os
 import time
 
@@ -18,14 +20,14 @@ from ambient import pareto
 from ambient.heldout import load_labelled
 from ambient.sweep_report import write_results
 from ambient.sweep_stages import (fmt_number, read_json, rel_path, check_train_opts, choose_snapshots, collect_row, default_tools,
-                                  eval_dir, generate_samples, list_snapshots, measure_memorization, measure_quality,
-                                  prepare_data, run_dir, Runner, train_model)
-from training.dataset import load_images
+                                  eval_dir, generate_samples, list_snapshots, make_figures, measure_memorization,
+                                  measure_quality, prepare_data, run_dir, Runner, stage_threads, train_model)
+from training.dataset import ImageFolderDataset, load_images
 
 DEFAULTS = dict(
     source=None, subset=None, data_seed=0, resolution=None, data=None, heldout=None,
-    sigma_tn=(0.0, 0.5, 1.0), every=0, samples=128, steps=18, gen_batch=64, seed=0,
-    detector='pixel', gpus=None, download=False, train_opts=(),
+    sigma_tn=(0.0, 0.5, 1.0), every=0, samples=128, steps=18, gen_batch=64, seeds=(0,),
+    detector='pixel', gpus=None, download=False, train_opts=(), jobs=1,
 )
 
 # The offline demo: scikit-learn's real 8x8 digits, 100 training images, three models, about 3 minutes of
@@ -44,11 +46,32 @@ PRESETS = {
 
 #----------------------------------------------------------------------------
 
+def model_stages(cfg, tools, run, data, heldout, num_train, sigma_tn, seed):
+    """Train one (sigma_tn, seed) model and evaluate its chosen snapshots: (rows, notes, final snapshot or None)."""
+    rows, notes = [], []
+    train_model(cfg, tools, run, data.train, sigma_tn, seed)
+    snaps = choose_snapshots(list_snapshots(run_dir(cfg, sigma_tn, seed)), cfg.every)
+    if run.dry_run and not snaps:
+        snaps = [(0, os.path.join(run_dir(cfg, sigma_tn, seed), 'network-snapshot-<kimg>.pkl'))]
+    elif not snaps:
+        notes.append(f'sigma_tn={fmt_number(sigma_tn)} seed {seed}: no snapshot past kimg 0 to evaluate '
+                     '(train for at least 1 kimg).')
+    for kimg, snapshot in snaps:
+        folder = eval_dir(cfg, sigma_tn, seed, kimg)
+        samples = generate_samples(cfg, tools, run, snapshot, folder)
+        measure_memorization(cfg, tools, run, samples, data.train, os.path.join(folder, 'memorization'))
+        if run.dry_run:
+            continue
+        measure_quality(cfg, data, samples, os.path.join(folder, 'quality.json'), heldout)
+        rows.append(collect_row(cfg, sigma_tn, seed, kimg, num_train, data.name))
+    return rows, notes, (snaps[-1][1] if snaps else None)
+
+
 def run_sweep(cfg, tools=None, dry_run=False):
     """Run every stage of the sweep (skipping finished ones) and write the results; returns the summary dict."""
     start = time.time()
     tools = tools or default_tools(cfg)
-    run = Runner(dry_run)
+    run = Runner(dry_run, threads=stage_threads(cfg.jobs))
     run.mkdir(cfg.outdir)
     data = prepare_data(cfg, tools, run)
     if data.train is None:
@@ -69,22 +92,25 @@ def run_sweep(cfg, tools=None, dry_run=False):
         if not dry_run:
             baseline = read_json(os.path.join(base_dir, 'metrics.json'))
 
-    rows = []
-    for sigma_tn in cfg.sigma_tn:
-        train_model(cfg, tools, run, data.train, sigma_tn)
-        snaps = choose_snapshots(list_snapshots(run_dir(cfg, sigma_tn)), cfg.every)
-        if dry_run and not snaps:
-            snaps = [(0, os.path.join(run_dir(cfg, sigma_tn), 'network-snapshot-<kimg>.pkl'))]
-        elif not snaps:
-            notes.append(f'sigma_tn={fmt_number(sigma_tn)}: no snapshot past kimg 0 to evaluate (train for at least 1 kimg).')
-        for kimg, snapshot in snaps:
-            folder = eval_dir(cfg, sigma_tn, kimg)
-            samples = generate_samples(cfg, tools, run, snapshot, folder)
-            measure_memorization(cfg, tools, run, samples, data.train, os.path.join(folder, 'memorization'))
-            if dry_run:
-                continue
-            measure_quality(cfg, data, samples, os.path.join(folder, 'quality.json'), heldout)
-            rows.append(collect_row(cfg, sigma_tn, kimg, num_train, data.name))
+    jobs = [(sigma_tn, seed) for sigma_tn, seed in itertools.product(cfg.sigma_tn, cfg.seeds)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(cfg.jobs, len(jobs)))) as pool:
+        futures = [pool.submit(model_stages, cfg, tools, run, data, heldout, num_train, s, seed) for s, seed in jobs]
+        # Results in plan order; a failure cancels the models not yet started, and is raised once the others end.
+        results = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    rows, finals = [], {}
+    for (sigma_tn, seed), (model_rows, model_notes, final) in zip(jobs, results):
+        rows += model_rows
+        notes += model_notes
+        if final is not None and seed == cfg.seeds[0]:
+            finals[sigma_tn] = final
+    figures = make_figures(cfg, tools, run, data.train, finals) if finals else {}
     if dry_run:
         return None
 
@@ -97,7 +123,7 @@ def run_sweep(cfg, tools=None, dry_run=False):
                              heldout=data.heldout, num_train=num_train),
                    sigma_tn=[float(s) for s in cfg.sigma_tn], train_opts=list(cfg.train_opts), samples=cfg.samples,
                    steps=cfg.steps, detector=cfg.detector, quality_metric=label, baseline=baseline,
-                   rows=rows, pareto_front=front, notes=notes, seconds=time.time() - start)
+                   rows=rows, pareto_front=front, figures=figures, notes=notes, seconds=time.time() - start)
     write_results(cfg, summary)
     print(f'Wrote {os.path.join(cfg.outdir, "sweep.md")} and report.md, pareto.png, curves.png')
     return summary
@@ -112,7 +138,24 @@ def parse_float_list(text):
         raise dnnlib.util.UserError(f'Cannot parse {text!r} as a comma-separated list of numbers') from None
     if not values or any(v < 0 or not np.isfinite(v) for v in values):
         raise dnnlib.util.UserError(f'sigma_tn values must be finite and >= 0, got {text!r}')
+    if len(set(values)) != len(values):
+        raise dnnlib.util.UserError(f'--sigma_tn {text!r} names a value twice (it would plan the same run twice)')
     return values
+
+def parse_seeds(text):
+    """'0-2' or '0,1,2' (or a mix, as generate.py's --seeds) -> (0, 1, 2); each seed once."""
+    seeds = []
+    try:
+        for part in str(text).split(','):
+            lo, _, hi = part.strip().partition('-')
+            seeds += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise dnnlib.util.UserError(f'--seeds: cannot parse {text!r}; give e.g. 0-2 or 0,3,7') from None
+    if not seeds or min(seeds) < 0:
+        raise dnnlib.util.UserError(f'--seeds: give one or more non-negative seeds, got {text!r}')
+    if len(set(seeds)) != len(seeds):
+        raise dnnlib.util.UserError(f'--seeds: {text!r} names a seed twice')
+    return tuple(seeds)
 
 def make_config(outdir, preset=None, **options):
     """The sweep's configuration: DEFAULTS, then the preset, then the options given (None = not given)."""
@@ -127,6 +170,8 @@ def make_config(outdir, preset=None, **options):
     cfg.outdir = os.path.abspath(outdir)
     if isinstance(cfg.sigma_tn, str):
         cfg.sigma_tn = parse_float_list(cfg.sigma_tn)
+    if isinstance(cfg.seeds, (str, int)):
+        cfg.seeds = parse_seeds(cfg.seeds)
     check_train_opts(cfg.train_opts)
     for key in ('data', 'heldout'):
         if cfg[key] is not None:
@@ -135,6 +180,11 @@ def make_config(outdir, preset=None, **options):
                 raise dnnlib.util.UserError(f'--{key} {cfg[key]} does not exist')
     if cfg.source is not None and cfg.data is not None:
         raise dnnlib.util.UserError('Give either --source (the sweep builds the training subset) or --data, not both')
+    if cfg.source is not None and cfg.heldout is not None:
+        raise dnnlib.util.UserError('--heldout applies to --data; with --source the held-out images are the rest of the source')
+    for key in ('data', 'heldout'): # Opened now (also for --dry-run), not after hours of training.
+        if cfg[key] is not None:
+            ImageFolderDataset(path=cfg[key], use_labels=(key == 'heldout')).close()
     if cfg.source is not None and cfg.subset is None:
         raise dnnlib.util.UserError('--source needs --subset=N (the held-out images are the rest of the source)')
     if cfg.source is not None and cfg.source != 'digits':
@@ -156,11 +206,12 @@ def make_config(outdir, preset=None, **options):
 @click.option('--every', help='Evaluate every k-th snapshot back from the final one; 0 = final only  [default: 0]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--samples', help='Samples per evaluated snapshot  [default: 128]', metavar='INT', type=int)
 @click.option('--steps', help='Sampler steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--seed', help='Training seed  [default: 0]', metavar='INT', type=int)
+@click.option('--seeds', help='Training seeds, one model each per sigma_tn (e.g. 0-2)  [default: 0]', metavar='LIST', type=str)
 @click.option('--detector', help='Memorization feature space  [default: pixel]', type=click.Choice(['pixel', 'dinov2', 'inception']))
 @click.option('--gpus', help='Launch stages with torchrun on this many GPUs', metavar='INT', type=click.IntRange(min=1))
 @click.option('--download', help='Allow downloading FID / FD_DINOv2 detector weights', is_flag=True, default=None)
 @click.option('--train-opt', 'train_opts', help='Extra train.py option (repeatable); also: anything after --', metavar='OPT', multiple=True)
+@click.option('--jobs', help='Models trained and evaluated at once (CPU threads are shared out)  [default: 1]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--dry-run', help='Print the commands instead of running them', is_flag=True)
 @click.argument('extra_train_opts', nargs=-1, type=click.UNPROCESSED)
 def main(outdir, dry_run, train_opts, extra_train_opts, **options):

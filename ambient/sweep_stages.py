@@ -58,7 +58,7 @@ def _opt_name(arg):
     return m.group(1).replace('-', '_') if m else None
 
 # Options of train.py that the sweep sets itself for every run.
-MANAGED_TRAIN_OPTS = ('outdir', 'data', 'loss', 'sigma_tn', 'resume', 'nosubdir')
+MANAGED_TRAIN_OPTS = ('outdir', 'data', 'loss', 'sigma_tn', 'resume', 'nosubdir', 'seed', 'noise_seed')
 
 
 def check_train_opts(opts):
@@ -81,13 +81,21 @@ def default_tools(cfg):
         train=launcher(cfg, script=os.path.join(ROOT, 'train.py')),
         generate=launcher(cfg, script=os.path.join(ROOT, 'generate.py')),
         memorization=launcher(cfg, module='ambient.memorization') + ['calc'],
+        figures=[sys.executable, '-m', 'ambient.figures'],
     )
 
-class Runner:
-    """Runs (or, dry, prints) stage commands from the project root."""
+def stage_threads(jobs):
+    """CPU threads per stage process when `jobs` stages run at once (None: leave torch's default)."""
+    if jobs <= 1 or 'OMP_NUM_THREADS' in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs)
 
-    def __init__(self, dry_run=False):
+class Runner:
+    """Runs (or, dry, prints) stage commands from the project root; `threads` caps each stage's CPU threads."""
+
+    def __init__(self, dry_run=False, threads=None):
         self.dry_run = dry_run
+        self.threads = threads
 
     def __call__(self, argv, what):
         print(f'[{what}] {shlex.join(argv)}', flush=True)
@@ -95,6 +103,8 @@ class Runner:
             return
         env = dict(os.environ)
         env['PYTHONPATH'] = os.pathsep.join([ROOT] + [p for p in [env.get('PYTHONPATH')] if p])
+        if self.threads:
+            env['OMP_NUM_THREADS'] = env['MKL_NUM_THREADS'] = str(self.threads)
         # A stage dies with the sweep however the sweep ends (even SIGKILL). SIGTERM rather than SIGKILL lets torchrun
         # pass it on to its ranks; a plain Python stage dies of it at once. Same session, so Ctrl-C still reaches it.
         rc = subprocess.run(argv, cwd=ROOT, env=env, check=False,
@@ -154,20 +164,28 @@ def prepare_data(cfg, tools, run):
 #----------------------------------------------------------------------------
 # Training.
 
-def run_dir(cfg, sigma_tn):
-    """Training run directory of one sigma_tn."""
-    return os.path.join(cfg.outdir, 'runs', f'sigma_tn-{fmt_number(sigma_tn)}')
+def model_name(sigma_tn, seed):
+    """Folder name of one trained model: sigma_tn-X/seed-S."""
+    return os.path.join(f'sigma_tn-{fmt_number(sigma_tn)}', f'seed-{seed}')
 
-def train_argv(cfg, data_path, sigma_tn, outdir):
-    """train.py arguments of one model (without --resume)."""
-    loss = ['--loss=edm'] if sigma_tn == 0 else ['--loss=ambient', f'--sigma_tn={fmt_number(sigma_tn)}']
-    return [f'--outdir={outdir}', f'--data={data_path}', '--nosubdir', *loss, f'--seed={cfg.seed}', *cfg.train_opts]
+def run_dir(cfg, sigma_tn, seed):
+    """Training run directory of one (sigma_tn, training seed)."""
+    return os.path.join(cfg.outdir, 'runs', model_name(sigma_tn, seed))
 
-def train_model(cfg, tools, run, data_path, sigma_tn):
+def train_argv(cfg, data_path, sigma_tn, seed, outdir):
+    """train.py arguments of one model (without --resume).
+
+    An ambient model's noisy copies are drawn with its training seed, so that repeating a setting over seeds
+    also repeats the one random draw the method adds.
+    """
+    loss = ['--loss=edm'] if sigma_tn == 0 else ['--loss=ambient', f'--sigma_tn={fmt_number(sigma_tn)}', f'--noise_seed={seed}']
+    return [f'--outdir={outdir}', f'--data={data_path}', '--nosubdir', *loss, f'--seed={seed}', *cfg.train_opts]
+
+def train_model(cfg, tools, run, data_path, sigma_tn, seed):
     """Train one model to completion (resuming a half-finished run); skipped when done with the same options."""
-    outdir = run_dir(cfg, sigma_tn)
+    outdir = run_dir(cfg, sigma_tn, seed)
     done_path = os.path.join(outdir, 'sweep-train-done.json')
-    argv = train_argv(cfg, data_path, sigma_tn, outdir)
+    argv = train_argv(cfg, data_path, sigma_tn, seed, outdir)
     if os.path.isfile(done_path):
         if read_json(done_path)['argv'] != argv:
             raise dnnlib.util.UserError(f'{outdir} was trained with other options; use another --outdir or delete it')
@@ -176,7 +194,7 @@ def train_model(cfg, tools, run, data_path, sigma_tn):
     state = checkpoint.latest_training_state(outdir)
     resume = [f'--resume={state}'] if state else []
     start = time.time()
-    run(tools['train'] + argv + resume, f'train sigma_tn={fmt_number(sigma_tn)}')
+    run(tools['train'] + argv + resume, f'train sigma_tn={fmt_number(sigma_tn)} seed={seed}')
     if not run.dry_run:
         write_json(done_path, dict(argv=argv, resumed_from=state, seconds=time.time() - start))
 
@@ -220,9 +238,9 @@ def snapshot_progress(outdir, kimg, num_train):
 #----------------------------------------------------------------------------
 # Evaluation of one snapshot.
 
-def eval_dir(cfg, sigma_tn, kimg):
+def eval_dir(cfg, sigma_tn, seed, kimg):
     """Evaluation folder of one snapshot."""
-    return os.path.join(cfg.outdir, 'evals', f'sigma_tn-{fmt_number(sigma_tn)}', f'snapshot-{kimg:06d}')
+    return os.path.join(cfg.outdir, 'evals', model_name(sigma_tn, seed), f'snapshot-{kimg:06d}')
 
 def generate_samples(cfg, tools, run, snapshot, folder):
     """samples/ (one PNG per seed 0..N-1, EMA weights) and grid.png of a snapshot."""
@@ -268,6 +286,35 @@ def measure_memorization(cfg, tools, run, images, train_path, dest, reference=No
                                      f'--dest={tmp}', f'--cache-dir={os.path.join(cfg.outdir, "cache")}', *ref],
             'memorization')
 
+def make_figures(cfg, tools, run, data_path, finals):
+    """figures/denoise.png (Figure 3: all models) and figures/trajectory-sigma_tn-X.png (EDM vs each ambient model).
+
+    finals: {sigma_tn: final snapshot path} of the first training seed. Skipped when the PNG exists.
+    """
+    folder = os.path.join(cfg.outdir, 'figures')
+    run.mkdir(folder)
+    nets = [f'--network={finals[s]}' for s in sorted(finals)]
+    labels = [f'--label={"EDM" if s == 0 else f"sigma_tn={fmt_number(s)}"}' for s in sorted(finals)]
+    out = {}
+    dest = os.path.join(folder, 'denoise.png')
+    if not os.path.isfile(dest):
+        with run.output(dest, suffix='.png') as tmp:
+            run(tools['figures'] + ['denoise', *nets, *labels, f'--data={data_path}', f'--dest={tmp}'], 'figures')
+    out['denoise'] = dest
+    for s in sorted(finals):
+        if s == 0 or 0.0 not in finals:
+            continue
+        dest = os.path.join(folder, f'trajectory-sigma_tn-{fmt_number(s)}.png')
+        if not os.path.isfile(dest):
+            with run.output(dest, suffix='.png') as tmp:
+                run(tools['figures'] + ['trajectory', f'--network={finals[0.0]}', f'--network={finals[s]}', '--label=EDM',
+                                        f'--label=sigma_tn={fmt_number(s)}', f'--data={data_path}',
+                                        f'--sigma_tn={fmt_number(s)}', f'--noise_seed={cfg.seeds[0]}',
+                                        f'--samples={min(cfg.samples, 512)}', f'--steps={cfg.steps}', f'--dest={tmp}'],
+                    'figures')
+        out[f'trajectory {fmt_number(s)}'] = dest
+    return {k: rel_path(cfg, v) for k, v in out.items()}
+
 def measure_quality(cfg, data, samples, dest, heldout):
     """quality.json: FD_<name> (and FID / FD_DINOv2 where available) of the samples against held-out images."""
     if os.path.isfile(dest) or heldout is None:
@@ -287,16 +334,17 @@ def rel_path(cfg, path):
     """path relative to the sweep's output folder (as the reports show it)."""
     return os.path.relpath(path, cfg.outdir)
 
-def collect_row(cfg, sigma_tn, kimg, num_train, quality_name):
-    """One table row (dict) of a fully evaluated snapshot."""
-    folder = eval_dir(cfg, sigma_tn, kimg)
+def collect_row(cfg, sigma_tn, seed, kimg, num_train, quality_name):
+    """One table row (dict) of a fully evaluated snapshot of one training seed."""
+    folder = eval_dir(cfg, sigma_tn, seed, kimg)
     mem = read_json(os.path.join(folder, 'memorization', 'metrics.json'))
-    row = dict(sigma_tn=float(sigma_tn), loss='edm' if sigma_tn == 0 else 'ambient',
-               **snapshot_progress(run_dir(cfg, sigma_tn), kimg, num_train),
+    row = dict(sigma_tn=float(sigma_tn), seed=int(seed), loss='edm' if sigma_tn == 0 else 'ambient',
+               **snapshot_progress(run_dir(cfg, sigma_tn, seed), kimg, num_train),
                ratio_fraction=mem['ratio_fraction'], fraction_above=mem['fraction_above'],
                similarity_mean=mem['similarity_mean'], num_samples=mem['num_samples'],
                grid=rel_path(cfg, os.path.join(folder, 'grid.png')),
-               nearest=rel_path(cfg, os.path.join(folder, 'memorization', 'nearest.png')))
+               nearest=rel_path(cfg, os.path.join(folder, 'memorization', 'nearest.png')),
+               neighbors=rel_path(cfg, os.path.join(folder, 'memorization', 'neighbors.csv')))
     qpath = os.path.join(folder, 'quality.json')
     row['quality'] = read_json(qpath) if os.path.isfile(qpath) else None
     row['fd'] = row['quality'][f'FD_{quality_name}'] if row['quality'] else None

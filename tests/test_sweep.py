@@ -60,13 +60,27 @@ PIL.Image.fromarray(np.zeros([16, 16], np.uint8)).save(args['grid'])
 '''
 
 FAKE_MEMORIZATION = '''
+# Per-sample results in neighbors.csv, and metrics.json consistent with them: EDM copies the first third of its
+# samples, ambient models the first sixth, held-out images none; similarity 0.96 for copies, 0.5 otherwise.
 os.makedirs(args['dest'])
 n = len([f for f in os.listdir(args['images'])]) if os.path.isdir(args['images']) else 5
-metrics = dict(num_samples=n, detector=dict(name=args['detector']), fraction_above={'0.9': 0.25, '0.95': 0.125}, similarity_mean=0.5,
-               ratio_fraction=0.1 if 'sigma_tn-0' + os.sep in args['images'] else 0.05)
-for name in ('neighbors.csv', 'histogram.png', 'nearest.png'):
+copies = 0 if not os.path.isdir(args['images']) else (n // 3 if 'sigma_tn-0' + os.sep in args['images'] else n // 6)
+ratio = [0.1 if i < copies else 0.9 for i in range(n)]
+sim = [0.96 if i < copies else 0.5 for i in range(n)]
+with open(os.path.join(args['dest'], 'neighbors.csv'), 'w') as f:
+    f.write('file,nearest,similarity,second,second_similarity,l2_nearest,l2_distance,ratio\\n')
+    for i in range(n):
+        f.write(f'{i:06d}.png,0,{sim[i]},1,0.4,0,1.0,{ratio[i]}\\n')
+metrics = dict(num_samples=n, detector=dict(name=args['detector']), similarity_mean=sum(sim) / n,
+               fraction_above={'0.9': copies / n, '0.95': copies / n}, ratio_fraction=copies / n)
+for name in ('histogram.png', 'nearest.png'):
     open(os.path.join(args['dest'], name), 'w').write('')
 json.dump(metrics, open(os.path.join(args['dest'], 'metrics.json'), 'w'))
+'''
+
+FAKE_FIGURES = '''
+import numpy as np, PIL.Image
+PIL.Image.fromarray(np.zeros([16, 16], np.uint8)).save(args['dest'], format='png')
 '''
 
 
@@ -74,7 +88,8 @@ json.dump(metrics, open(os.path.join(args['dest'], 'metrics.json'), 'w'))
 def fake(tmp_path, monkeypatch):
     """Fake tools, a calls log, and small real-digit training / held-out zips."""
     tools = {}
-    for tool, body in [('train', FAKE_TRAIN), ('generate', FAKE_GENERATE), ('memorization', FAKE_MEMORIZATION)]:
+    for tool, body in [('train', FAKE_TRAIN), ('generate', FAKE_GENERATE), ('memorization', FAKE_MEMORIZATION),
+                       ('figures', FAKE_FIGURES)]:
         path = tmp_path / f'fake_{tool}.py'
         path.write_text(f'TOOL = {tool!r}\n' + FAKE_COMMON + textwrap.dedent(body))
         tools[tool] = [sys.executable, str(path)]
@@ -116,21 +131,25 @@ def test_sweep_writes_every_output_and_skips_finished_stages(fake):
     assert train_args[1]['loss'] == 'ambient' and train_args[1]['sigma_tn'] == '0.5'
     assert all(a['iters'] == '10' and a['seed'] == '0' and a['nosubdir'] for a in train_args)
 
-    for name in ('sweep.json', 'sweep.md', 'pareto.png', 'curves.png', 'report.md'):
+    for name in ('sweep.json', 'sweep.md', 'pareto.png', 'curves.png', 'report.md', 'figures/denoise.png',
+                 'figures/trajectory-sigma_tn-0.5.png'):
         assert (fake.out / name).is_file(), name
+    figure_args = [c['args'] for c in calls if c['tool'] == 'figures']
+    assert len(figure_args) == 2 and figure_args[1]['sigma_tn'] == '0.5' and figure_args[1]['noise_seed'] == '0'
     saved = json.loads((fake.out / 'sweep.json').read_text())
     rows = saved['rows']
     assert [(r['sigma_tn'], r['kimg']) for r in rows] == [(0, 1.024), (0, 2.024), (0.5, 1.024), (0.5, 2.024)]
     assert rows[0]['nimg'] == 1024 and rows[0]['iters'] == 128 and rows[0]['epochs'] == pytest.approx(1024 / 20)
     assert all(r['fd'] is not None and r['fd'] > 0 for r in rows)
-    assert rows[0]['ratio_fraction'] == 0.1 and rows[2]['ratio_fraction'] == 0.05
+    assert rows[0]['ratio_fraction'] == pytest.approx(1 / 3) and rows[2]['ratio_fraction'] == pytest.approx(1 / 6)
+    assert all(r['seed'] == 0 for r in rows)
     assert saved['quality_metric'] == 'FD_heldout' and saved['baseline']['num_samples'] == 5
     # The fake ambient samples are darker, hence farther from real digits: fd and memorization trade off.
     assert sorted(saved['pareto_front']) == sorted(summary['pareto_front'])
     md = (fake.out / 'sweep.md').read_text()
-    assert md.count('\n| 0 (EDM) |') == 2 and md.count('\n| 0.5 |') == 2 and '10.0%' in md
+    assert md.count('\n| 0 (EDM) | 0 |') == 2 and md.count('\n| 0.5 | 0 |') == 2 and '33.3%' in md
     report = (fake.out / 'report.md').read_text()
-    assert 'FD_heldout' in report and 'ratio' in report and '| 0.5 | 2.0 |' in report
+    assert 'FD_heldout' in report and 'ratio' in report and '| ambient sigma_tn=0.5 | 1 |' in report
     # The report states the resolution of its fractions and does not present pixel-space similarity as the paper's.
     assert 'over 6 samples, so one sample is 16.7%' in report and 'not comparable with the paper' in report
     assert not list(fake.out.rglob('*.tmp-*'))
@@ -144,7 +163,7 @@ def test_sweep_writes_every_output_and_skips_finished_stages(fake):
 def test_final_snapshot_only_and_more_sigmas_later(fake):
     sweep.run_sweep(fake.config(sigma_tn='0', every=0), tools=fake.tools)
     assert _stage_count(fake.calls(), 'generate') == 1
-    assert os.path.isdir(fake.out / 'evals' / 'sigma_tn-0' / 'snapshot-000002')
+    assert os.path.isdir(fake.out / 'evals' / 'sigma_tn-0' / 'seed-0' / 'snapshot-000002')
     # Adding a sigma_tn later trains only the new model.
     sweep.run_sweep(fake.config(sigma_tn='0,1', every=0), tools=fake.tools)
     calls = fake.calls()
@@ -153,21 +172,21 @@ def test_final_snapshot_only_and_more_sigmas_later(fake):
 
 def test_killed_training_resumes_from_its_latest_state(fake, monkeypatch):
     monkeypatch.setenv('FAKE_TRAIN_CRASH', '1')
-    with pytest.raises(dnnlib.util.UserError, match='train sigma_tn=0 failed'):
+    with pytest.raises(dnnlib.util.UserError, match='train sigma_tn=0 seed=0 failed'):
         sweep.run_sweep(fake.config(), tools=fake.tools)
-    assert not (fake.out / 'runs' / 'sigma_tn-0' / 'sweep-train-done.json').exists()
+    assert not (fake.out / 'runs' / 'sigma_tn-0' / 'seed-0' / 'sweep-train-done.json').exists()
     monkeypatch.delenv('FAKE_TRAIN_CRASH')
     sweep.run_sweep(fake.config(), tools=fake.tools)
     train_args = [c['args'] for c in fake.calls() if c['tool'] == 'train']
     assert len(train_args) == 3
     assert 'resume' not in train_args[0]
-    assert train_args[1]['resume'].endswith(os.path.join('sigma_tn-0', 'training-state-000001.pt'))
+    assert train_args[1]['resume'].endswith(os.path.join('sigma_tn-0', 'seed-0', 'training-state-000001.pt'))
     assert (fake.out / 'sweep.md').is_file()
 
 
 def test_half_written_stage_outputs_are_redone(fake):
     sweep.run_sweep(fake.config(), tools=fake.tools)
-    folder = fake.out / 'evals' / 'sigma_tn-0.5' / 'snapshot-000002'
+    folder = fake.out / 'evals' / 'sigma_tn-0.5' / 'seed-0' / 'snapshot-000002'
     # A killed generate and memorization leave temporary names; the finished outputs are missing.
     os.rename(folder / 'samples', folder / 'samples.tmp-99999')
     os.rename(folder / 'memorization', folder / 'memorization.tmp-99999')
@@ -189,7 +208,7 @@ def test_changed_training_options_are_refused(fake):
 def test_evaluations_with_other_sampling_or_detector_are_refused(fake):
     # The report states --samples, --steps and --detector: outputs made with other values are never reused.
     sweep.run_sweep(fake.config(sigma_tn='0', every=0), tools=fake.tools)
-    folder = fake.out / 'evals' / 'sigma_tn-0' / 'snapshot-000002'
+    folder = fake.out / 'evals' / 'sigma_tn-0' / 'seed-0' / 'snapshot-000002'
     assert json.loads((folder / 'sampling.json').read_text()) == dict(samples=6, steps=18)
     for kw, match in [(dict(samples=8), '6 samples of 18 steps'), (dict(steps=4), '6 samples of 18 steps'),
                       (dict(detector='inception'), '--detector=pixel')]:
@@ -276,7 +295,7 @@ def test_toy_sweep_end_to_end_then_rerun_skips(tmp_path, repo_dir):
 @pytest.mark.slow
 def test_toy_sweep_killed_mid_training_completes_on_rerun(tmp_path, repo_dir):
     out = tmp_path / 'out'
-    state = out / 'runs' / 'sigma_tn-0' / 'training-state-000001.pt'
+    state = out / 'runs' / 'sigma_tn-0' / 'seed-0' / 'training-state-000001.pt'
     proc = subprocess.Popen(_sweep_cmd(out, 190, 0), cwd=repo_dir, env=_env(repo_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -287,7 +306,7 @@ def test_toy_sweep_killed_mid_training_completes_on_rerun(tmp_path, repo_dir):
     finally:
         os.killpg(proc.pid, signal.SIGKILL) # The sweep and the train.py it started (its own session).
         proc.wait()
-    assert not (out / 'runs' / 'sigma_tn-0' / 'sweep-train-done.json').exists()
+    assert not (out / 'runs' / 'sigma_tn-0' / 'seed-0' / 'sweep-train-done.json').exists()
     rerun = subprocess.run(_sweep_cmd(out, 190, 0), cwd=repo_dir, env=_env(repo_dir), capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert '--resume=' in rerun.stdout
@@ -303,7 +322,7 @@ def test_demo_preset_options_are_accepted_by_train_py(tmp_path, repo_dir):
     images = np.rint(sklearn_datasets.load_digits().images[:8] * (255 / 16)).astype(np.uint8)[:, None]
     dataset.write_image_zip(images, None, tmp_path / 'd.zip')
     cfg = sweep.make_config(str(tmp_path / 'out'), preset='demo')
-    argv = sweep_stages.train_argv(cfg, str(tmp_path / 'd.zip'), 0.5, str(tmp_path / 'run'))
+    argv = sweep_stages.train_argv(cfg, str(tmp_path / 'd.zip'), 0.5, 0, str(tmp_path / 'run'))
     result = subprocess.run([sys.executable, str(repo_dir / 'train.py'), *argv, '-n'], cwd=repo_dir, env=_env(repo_dir),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -333,3 +352,48 @@ def test_existing_subset_with_other_options_is_refused(tmp_path, capsys):
     sweep.run_sweep(cfg, dry_run=True)
     out = capsys.readouterr().out
     assert '--dest=' + str(dest) not in out and 'full.zip' in out
+
+
+def test_several_seeds_give_one_row_each_and_intervals(fake):
+    summary = sweep.run_sweep(fake.config(seeds='0-2', every=0), tools=fake.tools)
+    train_args = [c['args'] for c in fake.calls() if c['tool'] == 'train']
+    # One model per (sigma_tn, seed); ambient noisy copies drawn with the training seed.
+    assert [(a['loss'], a['seed'], a.get('noise_seed')) for a in train_args] == [
+        ('edm', '0', None), ('edm', '1', None), ('edm', '2', None),
+        ('ambient', '0', '0'), ('ambient', '1', '1'), ('ambient', '2', '2')]
+    saved = json.loads((fake.out / 'sweep.json').read_text())
+    assert [(r['sigma_tn'], r['seed']) for r in saved['rows']] == [(0, 0), (0, 1), (0, 2), (0.5, 0), (0.5, 1), (0.5, 2)]
+    groups = saved['groups']
+    assert [(g['sigma_tn'], g['seeds'], g['num_samples']) for g in groups] == [(0, [0, 1, 2], 18), (0.5, [0, 1, 2], 18)]
+    edm, amb = groups
+    assert edm['ratio']['mean'] == pytest.approx(1 / 3) and amb['ratio']['mean'] == pytest.approx(1 / 6)
+    for g in groups:
+        assert g['ratio']['lo'] < g['ratio']['mean'] < g['ratio']['hi']
+    best = saved['headline']['best']
+    assert best['sigma_tn'] == 0.5 and best['ratio']['mean'] == pytest.approx(0.5)
+    assert best['ratio']['lo'] <= 0.5 <= best['ratio']['hi']
+    # 6 samples per seed cannot separate 1/3 from 1/6: the report must not claim the bar is met.
+    assert not best['meets_target'] and not best['ratio_separated']
+    report = (fake.out / 'report.md').read_text()
+    assert report.startswith('# Report\n\n**Best ambient setting: sigma_tn=0.5.**') and 'does NOT meet' in report
+    assert 'training seeds [0, 1, 2]' in report and summary['headline']['best']['sigma_tn'] == 0.5
+
+
+def test_seeds_are_parsed_like_generate_seeds(tmp_path):
+    assert sweep.make_config(str(tmp_path), seeds='0-2,5').seeds == (0, 1, 2, 5)
+    for bad in ('x', '-1', '1,1', '0-1,1'):
+        with pytest.raises(dnnlib.util.UserError, match='--seeds'):
+            sweep.make_config(str(tmp_path), seeds=bad)
+    with pytest.raises(dnnlib.util.UserError, match='set by the sweep'):
+        sweep.make_config(str(tmp_path), train_opts=('--seed=3',))
+
+
+def test_parallel_jobs_give_the_same_results(fake, tmp_path):
+    one = sweep.run_sweep(fake.config(seeds='0-1', every=0), tools=fake.tools)
+    two = sweep.run_sweep(sweep.make_config(str(tmp_path / 'out2'), data=str(tmp_path / 'train.zip'),
+                                            heldout=str(tmp_path / 'heldout.zip'), sigma_tn='0,0.5', seeds='0-1',
+                                            every=0, samples=6, jobs=2, train_opts=('--iters=10',)), tools=fake.tools)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ('quality',)} for r in rows]
+    assert strip(one['rows']) == strip(two['rows']) and len(two['rows']) == 4
+    assert [g['ratio'] for g in one['groups']] == [g['ratio'] for g in two['groups']]
+    assert sweep_stages.stage_threads(1) is None

@@ -3,14 +3,20 @@
 import contextlib
 import datetime
 import os
+import signal
 
 import torch
+
+from torch_utils import lifetime
 
 #----------------------------------------------------------------------------
 
 def init():
     """Join the process group described by torchrun's environment; a plain single process needs nothing."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if 'TORCHELASTIC_RUN_ID' in os.environ:
+        # torchrun starts each rank in a session of its own: a SIGKILLed launcher would leave the ranks running.
+        lifetime.die_with_parent(os.getppid(), signal.SIGTERM)
     if torch.cuda.is_available() and 'LOCAL_RANK' in os.environ:
         torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
     if world_size <= 1 or torch.distributed.is_initialized():
