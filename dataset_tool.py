@@ -184,6 +184,25 @@ def _write_all(source, indices, transform_image, write):
         written.append(int(src_idx))
     return labels, written
 
+def check_labels(src):
+    """UserError unless the source's labels are what train.py --cond=1 accepts: all class integers >= 0, or all
+    number lists of one length (checked before anything is written)."""
+    if src.labels is None or all(x is None for x in src.labels):
+        return
+    is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)
+    is_num = lambda x: (isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x))
+    first = src.labels[0]
+    for i, label in enumerate(src.labels):
+        if is_int(first):
+            ok = is_int(label) and label >= 0
+            want = 'a class integer >= 0'
+        else:
+            ok = isinstance(label, list) and isinstance(first, list) and len(label) == len(first) and all(map(is_num, label))
+            want = f'a list of {len(first)} finite numbers' if isinstance(first, list) else 'a class integer >= 0'
+        if not ok:
+            raise UserError(f'Label of {src.describe(i)} is {json.dumps(label)}, not {want}; '
+                            'fix dataset.json (train.py --cond=1 needs such labels)')
+
 def convert_dataset(source, dest, max_images=None, transform=None, resolution=None, subset=None, seed=0, balanced=False):
     """Convert source into an EDM dataset at dest (folder or .zip); return the number of images written."""
     PIL.Image.init()
@@ -191,6 +210,8 @@ def convert_dataset(source, dest, max_images=None, transform=None, resolution=No
     transform_image = make_transform(transform, resolution)
     src = open_source(source)
     is_zip = _check_dest(dest)
+    dnnlib.util.check_writable(os.path.normpath(dest), is_dir=not is_zip, what='--dest')
+    check_labels(src)
     if max_images is not None and max_images < 1:
         raise UserError(f'--max-images must be positive, got {max_images}')
     num_images = src.num_images if max_images is None else min(src.num_images, max_images)
@@ -254,7 +275,7 @@ def cli():
 @click.option('--transform',  help='Input crop/resize mode', metavar='MODE',            type=click.Choice(['center-crop', 'center-crop-wide']))
 @click.option('--resolution', help='Output resolution (e.g., 512x512)', metavar='WxH',  type=str, callback=lambda ctx, param, v: parse_resolution(v))
 @click.option('--subset',     help='Keep a seeded random subset of N images', metavar='INT', type=int)
-@click.option('--seed',       help='Seed of --subset', metavar='INT',                   type=int, default=0, show_default=True)
+@click.option('--seed',       help='Seed of --subset', metavar='INT',                   type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--balanced',   help='Make --subset class-balanced', is_flag=True)
 def convert(**kwargs):
     """Convert an image dataset into an EDM dataset folder or zip.

@@ -6,7 +6,7 @@ import click
 
 import dnnlib
 from torch_utils import distributed as dist
-from training.metrics import METRICS, calculate_stats, frechet_distance, load_metric_detector, load_ref, save_ref
+from training.metrics import METRICS, calculate_stats, check_ref_dest, frechet_distance, load_metric_detector, load_ref, save_ref
 
 _detector_option = click.option('--detector', 'detector_path', help='Local detector weights instead of the download', metavar='PATH', type=str, default=None)
 _metric_option = click.option('--metric', help='Distance to compute', type=click.Choice(sorted(METRICS)), default='fid', show_default=True)
@@ -42,6 +42,8 @@ def main():
 @_metric_option
 def calc(image_path, ref_path, num_expected, seed, batch, detector_path, metric):
     """Calculate FID (or FD_DINOv2) for a given set of images."""
+    if not os.path.exists(image_path): # Before the detector, which may be a download.
+        raise dnnlib.util.UserError(f'--images: dataset not found: {image_path}')
     dist.init()
     device = dist.get_device()
     dist.print0(f'Loading dataset reference statistics from "{ref_path}"...')
@@ -66,6 +68,9 @@ def ref(dataset_path, dest_path, batch, detector_path, metric):
     """Calculate dataset reference statistics needed by 'calc'."""
     if os.path.isdir(dest_path): # Checked before the statistics, which may take hours.
         raise dnnlib.util.UserError(f'--dest: {dest_path} is a directory; give a .npz file name')
+    check_ref_dest(dest_path)
+    if not os.path.exists(dataset_path):
+        raise dnnlib.util.UserError(f'--data: dataset not found: {dataset_path}')
     dist.init()
     device = dist.get_device()
     detector = load_metric_detector(metric, detector_path, device)

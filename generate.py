@@ -30,7 +30,10 @@ def image_path(outdir, seed, subdirs):
 
 def save_png(image, path):
     """Save one uint8 HWC array (grey as L, colour as RGB) through a temporary name."""
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    try:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    except OSError as err:
+        raise dnnlib.util.write_error(os.path.dirname(path), err, 'Cannot create') from None
     pil = PIL.Image.fromarray(image[:, :, 0], 'L') if image.shape[2] == 1 else PIL.Image.fromarray(image, 'RGB')
     # The temporary name has no image extension, so a crash cannot leave a file that fid.py would count.
     with dnnlib.util.atomic_output(path) as tmp:
@@ -55,13 +58,35 @@ def save_grid(paths, dest):
 
 #----------------------------------------------------------------------------
 
+def check_sampler_options(sigma_min=None, sigma_max=None, S_min=None, S_max=None, **_):
+    """UserError for sampler options that are each valid but contradict each other."""
+    if sigma_min is not None and sigma_max is not None and not sigma_min < sigma_max:
+        raise dnnlib.util.UserError(f'--sigma_min={sigma_min:g} must be less than --sigma_max={sigma_max:g}')
+    if S_min is not None and S_max is not None and S_min > S_max:
+        raise dnnlib.util.UserError(f'--S_min={S_min:g} must not exceed --S_max={S_max:g}')
+
+
+def resolve_network(network_pkl):
+    """--network as given, or the newest network snapshot of a training run directory."""
+    if dnnlib.util.is_url(network_pkl) or not os.path.isdir(network_pkl):
+        return network_pkl
+    from training import checkpoint # pylint: disable=import-outside-toplevel
+    found = checkpoint.list_snapshots(network_pkl)
+    if not found:
+        raise dnnlib.util.UserError(f'--network: {network_pkl} is a directory without network-snapshot-*.pkl; give a snapshot file')
+    dist.print0(f'Using the newest snapshot of {network_pkl}: {os.path.basename(found[-1][1])}')
+    return found[-1][1]
+
+
 def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batch_size=64, grid=None, device=None, **sampler_kwargs):
     """Write one PNG per seed (this rank's share of the seeds); rank 0 also writes the grid."""
     device = dist.get_device() if device is None else torch.device(device)
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise dnnlib.util.UserError(f'--outdir: {outdir} exists and is not a directory')
-    if grid is not None and os.path.isdir(grid):
-        raise dnnlib.util.UserError(f'--grid: {grid} is a directory; give a .png file name')
+    check_sampler_options(**sampler_kwargs)
+    # Outputs are checked before the network loads and sampling starts, not after the first batch.
+    dnnlib.util.check_writable(outdir, is_dir=True, what='--outdir')
+    if grid is not None:
+        dnnlib.util.check_writable(grid, what='--grid')
+    network_pkl = resolve_network(network_pkl)
 
     dist.print0(f'Loading network from "{network_pkl}"...')
     with dist.rank0_first():
@@ -107,13 +132,13 @@ def _parse_seeds(ctx, param, value): # pylint: disable=unused-argument
 @click.option('--grid',                    help='Also tile all images into one PNG  [alone: OUTDIR-grid.png]', metavar='[PNG]', type=str, default=None, is_flag=False, flag_value='')
 
 @click.option('--steps', 'num_steps',      help='Number of sampling steps', metavar='INT',                          type=click.IntRange(min=1), default=18, show_default=True)
-@click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=click.FloatRange(min=0, min_open=True))
-@click.option('--sigma_max',               help='Highest noise level  [default: varies]', metavar='FLOAT',          type=click.FloatRange(min=0, min_open=True))
-@click.option('--rho',                     help='Time step exponent', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
-@click.option('--S_churn', 'S_churn',      help='Stochasticity strength', metavar='FLOAT',                          type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_min', 'S_min',          help='Stoch. min noise level', metavar='FLOAT',                          type=click.FloatRange(min=0), default=0, show_default=True)
-@click.option('--S_max', 'S_max',          help='Stoch. max noise level', metavar='FLOAT',                          type=click.FloatRange(min=0), default='inf', show_default=True)
-@click.option('--S_noise', 'S_noise',      help='Stoch. noise inflation', metavar='FLOAT',                          type=float, default=1, show_default=True)
+@click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=dnnlib.util.FiniteFloat(min=0, min_open=True))
+@click.option('--sigma_max',               help='Highest noise level  [default: varies]', metavar='FLOAT',          type=dnnlib.util.FiniteFloat(min=0, min_open=True))
+@click.option('--rho',                     help='Time step exponent', metavar='FLOAT',                              type=dnnlib.util.FiniteFloat(min=0, min_open=True), default=7, show_default=True)
+@click.option('--S_churn', 'S_churn',      help='Stochasticity strength', metavar='FLOAT',                          type=dnnlib.util.FiniteFloat(min=0), default=0, show_default=True)
+@click.option('--S_min', 'S_min',          help='Stoch. min noise level', metavar='FLOAT',                          type=dnnlib.util.FiniteFloat(min=0), default=0, show_default=True)
+@click.option('--S_max', 'S_max',          help='Stoch. max noise level', metavar='FLOAT',                          type=dnnlib.util.FiniteFloat(min=0, allow_inf=True), default='inf', show_default=True)
+@click.option('--S_noise', 'S_noise',      help='Stoch. noise inflation', metavar='FLOAT',                          type=dnnlib.util.FiniteFloat(min=0), default=1, show_default=True)
 
 @click.option('--solver',                  help='Ablate ODE solver', metavar='euler|heun',                          type=click.Choice(['euler', 'heun']))
 @click.option('--disc', 'discretization',  help='Ablate time step discretization {t_i}', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']))

@@ -37,8 +37,11 @@ warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides
 # Option parsing.
 
 def parse_int_list(s):
-    """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10] (click converter)."""
-    return dnnlib.util.parse_int_list(s)
+    """'1,2,5-10' -> [1, 2, 5, 6, 7, 8, 9, 10] (click converter); every entry positive."""
+    values = dnnlib.util.parse_int_list(s)
+    if not values or any(v < 1 for v in values):
+        raise dnnlib.util.UserError(f'Invalid list "{s}": expected positive integers, e.g. 1,2,2')
+    return values
 
 def parse_betas(s):
     """'0.9,0.999' -> [0.9, 0.999] (click converter)."""
@@ -87,9 +90,35 @@ def _describe_dataset(c, opts):
         raise dnnlib.util.UserError(f'--data: {err}') from None
     if opts.cond and not dataset_obj.has_labels:
         raise dnnlib.util.UserError('--cond=True requires labels specified in dataset.json')
+    # Every image is checked here, before the run directory exists, not later inside a DataLoader worker.
+    if hasattr(dataset_obj, 'validate'):
+        dataset_obj.validate(decode=opts.cache)
     c.dataset_kwargs.resolution = dataset_obj.resolution
     c.dataset_kwargs.max_size = len(dataset_obj)
+    _check_network(c.network_kwargs, dataset_obj)
     return dataset_obj.name
+
+def _check_network(network_kwargs, dataset_obj):
+    """Construct the network once on the meta device (no memory, no weights): bad sizes fail here, in one line."""
+    label_dim = dataset_obj.label_dim if dataset_obj.has_labels and getattr(dataset_obj, '_use_labels', True) else 0
+    try:
+        # The sizes are the U-Net's; VP/VE/iDDPM preconditioners compute schedule constants with .item(), which the
+        # meta device cannot, so the check wraps the same U-Net in EDM's preconditioner.
+        kwargs = dict(network_kwargs)
+        if str(kwargs.get('class_name', '')).startswith('training.networks.') and kwargs['class_name'].endswith('Precond'):
+            kwargs['class_name'] = 'training.networks.EDMPrecond'
+        with torch.device('meta'), torch.no_grad():
+            net = dnnlib.util.construct_class_by_name(**kwargs, img_resolution=dataset_obj.resolution,
+                                                      img_channels=dataset_obj.num_channels, label_dim=label_dim)
+            res = dataset_obj.resolution
+            net.eval()(torch.zeros([1, dataset_obj.num_channels, res, res]), torch.ones([1]), torch.zeros([1, label_dim]))
+    except dnnlib.util.UserError:
+        raise
+    except Exception as e: # pylint: disable=broad-except
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise dnnlib.util.UserError(f'Cannot build the network for {dataset_obj.resolution}x{dataset_obj.resolution} images '
+                                    f'with --cbase={network_kwargs.get("model_channels")} --cres={",".join(map(str, network_kwargs.get("channel_mult", [])))} '
+                                    f'(check --cbase/--cres/--attn/--blocks): {first}') from None
 
 def _apply_loss_family(c, opts):
     """Let a non-native loss family edit c; returns its run-directory tag ('' for edm)."""
@@ -119,6 +148,18 @@ def _pick_seed(opts, state):
         seed = seed.to(dist.get_sync_device())
         torch.distributed.broadcast(seed, src=0)
     return int(seed)
+
+def _check_transfer(path):
+    """UserError unless --transfer unpickles to a snapshot dict with an "ema" network (read before any output)."""
+    import pickle # pylint: disable=import-outside-toplevel
+    with dist.rank0_first(), dnnlib.util.open_url(path, verbose=(dist.get_rank() == 0)) as f:
+        try:
+            data = pickle.load(f)
+        except Exception as e: # pylint: disable=broad-except
+            raise dnnlib.util.UserError(f'--transfer: {path} is not a network snapshot pickle '
+                                        f'({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
+    if not isinstance(data, dict) or not isinstance(data.get('ema'), torch.nn.Module):
+        raise dnnlib.util.UserError(f'--transfer: {path} holds no "ema" network')
 
 def _resume_config(c, opts):
     """Transfer/resume options as (training_loop() arguments, training state being resumed or None)."""
@@ -168,7 +209,11 @@ def build_config(opts):
         if opts.fp16:
             raise dnnlib.util.UserError('--fp16 and --bf16 cannot be combined')
         c.bf16 = True
-    from training import training_loop
+    from training import loggers, training_loop
+    c_loggers = loggers.parse_names(opts.get('logger'))
+    loggers.check_available(c_loggers) # A missing package fails now, in one line, not after the first tick.
+    if c_loggers:
+        c.loggers = c_loggers # Only when chosen: a plain run's training_options.json stays EDM's.
     training_loop.split_batch(opts.batch, opts.batch_gpu) # Fail now rather than after creating the run directory.
     resume_kwargs, state = _resume_config(c, opts)
     c.seed = _pick_seed(opts, state)
@@ -198,6 +243,7 @@ def pick_run_dir(outdir, desc, nosubdir):
 
 def _check_outdir(outdir):
     """UserError when outdir cannot be created or written (checked without creating anything)."""
+    dnnlib.util.check_writable(outdir, is_dir=True, what='--outdir')
     parent = os.path.abspath(outdir)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -254,35 +300,35 @@ def _print_options(c, opts):
 @click.option('--loss',          help='Loss family (edm = native loss of --precond)', metavar='edm|ambient', type=click.Choice(sorted(LOSS_FAMILIES)), default='edm', show_default=True)
 
 # Loss-family options (passed to the family's configure function).
-@click.option('--sigma_tn',      help='Ambient: noise level of the fixed noisy copies', metavar='FLOAT', type=float)
+@click.option('--sigma_tn',      help='Ambient: noise level of the fixed noisy copies', metavar='FLOAT', type=dnnlib.util.FiniteFloat(min=0))
 @click.option('--ambient_split', help='Ambient: how sigma is split around sigma_tn', metavar='|'.join(AMBIENT_SPLITS), type=click.Choice(AMBIENT_SPLITS))
-@click.option('--noise_seed',    help='Ambient: seed of the fixed noisy copies', metavar='INT',     type=int)
+@click.option('--noise_seed',    help='Ambient: seed of the fixed noisy copies', metavar='INT',     type=click.IntRange(min=0))
 @click.option('--ambient_aug_order', help='Ambient: augment the noisy copy, or augment clean then add noise', metavar='|'.join(AMBIENT_AUG_ORDERS), type=click.Choice(AMBIENT_AUG_ORDERS))
 
 # Hyperparameters.
-@click.option('--duration',      help='Training duration', metavar='MIMG',                          type=click.FloatRange(min=0, min_open=True), default=200, show_default=True)
+@click.option('--duration',      help='Training duration', metavar='MIMG',                          type=dnnlib.util.FiniteFloat(min=0, min_open=True), default=200, show_default=True)
 @click.option('--iters',         help='Training duration in optimizer steps (overrides --duration)', metavar='INT', type=click.IntRange(min=1))
 @click.option('--batch',         help='Total batch size', metavar='INT',                            type=click.IntRange(min=1), default=512, show_default=True)
 @click.option('--batch-gpu',     help='Limit batch size per GPU', metavar='INT',                    type=click.IntRange(min=1))
-@click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT',       type=int)
+@click.option('--cbase',         help='Channel multiplier  [default: varies]', metavar='INT',       type=click.IntRange(min=1))
 @click.option('--cres',          help='Channels per resolution  [default: varies]', metavar='LIST', type=parse_int_list)
 @click.option('--blocks',        help='Residual blocks per resolution  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--attn',          help='Resolutions with self-attention  [default: varies]', metavar='LIST', type=parse_int_list)
-@click.option('--lr',            help='Learning rate', metavar='FLOAT',                             type=click.FloatRange(min=0, min_open=True), default=10e-4, show_default=True)
-@click.option('--lr_rampup',     help='Learning-rate ramp-up  [default: 10000]', metavar='KIMG',    type=click.FloatRange(min=0))
-@click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=click.FloatRange(min=0), default=0.5, show_default=True)
-@click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.13, show_default=True)
-@click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
+@click.option('--lr',            help='Learning rate', metavar='FLOAT',                             type=dnnlib.util.FiniteFloat(min=0, min_open=True, max=1e6), default=10e-4, show_default=True)
+@click.option('--lr_rampup',     help='Learning-rate ramp-up  [default: 10000]', metavar='KIMG',    type=dnnlib.util.FiniteFloat(min=0))
+@click.option('--ema',           help='EMA half-life', metavar='MIMG',                              type=dnnlib.util.FiniteFloat(min=0), default=0.5, show_default=True)
+@click.option('--dropout',       help='Dropout probability', metavar='FLOAT',                       type=dnnlib.util.FiniteFloat(min=0, max=1), default=0.13, show_default=True)
+@click.option('--augment',       help='Augment probability', metavar='FLOAT',                       type=dnnlib.util.FiniteFloat(min=0, max=1), default=0.12, show_default=True)
 @click.option('--xflip',         help='Enable dataset x-flips', metavar='BOOL',                     type=bool, default=False, show_default=True)
 @click.option('--optimizer',     help='Optimizer', metavar='adam|adamw',                            type=click.Choice(sorted(OPTIMIZERS)), default='adam', show_default=True)
-@click.option('--wd',            help='Weight decay', metavar='FLOAT',                              type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--wd',            help='Weight decay', metavar='FLOAT',                              type=dnnlib.util.FiniteFloat(min=0), default=0, show_default=True)
 @click.option('--betas',         help='Adam betas', metavar='FLOAT,FLOAT',                          type=parse_betas, default='0.9,0.999', show_default=True)
-@click.option('--eps',           help='Adam epsilon', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=1e-8, show_default=True)
+@click.option('--eps',           help='Adam epsilon', metavar='FLOAT',                              type=dnnlib.util.FiniteFloat(min=0, min_open=True), default=1e-8, show_default=True)
 
 # Performance-related.
 @click.option('--fp16',          help='Enable mixed-precision training', metavar='BOOL',            type=bool, default=False, show_default=True)
 @click.option('--bf16',          help='Enable bfloat16 autocast', metavar='BOOL',                   type=bool, default=False, show_default=True)
-@click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=dnnlib.util.FiniteFloat(min=0, min_open=True), default=1, show_default=True)
 @click.option('--bench',         help='Enable cuDNN benchmarking', metavar='BOOL',                  type=bool, default=True, show_default=True)
 @click.option('--cache',         help='Cache dataset in CPU memory', metavar='BOOL',                type=bool, default=True, show_default=True)
 @click.option('--workers',       help='DataLoader worker processes', metavar='INT',                 type=click.IntRange(min=1), default=1, show_default=True)
@@ -293,10 +339,11 @@ def _print_options(c, opts):
 @click.option('--tick',          help='How often to print progress', metavar='KIMG',                type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--snap',          help='How often to save snapshots', metavar='TICKS',               type=click.IntRange(min=1), default=50, show_default=True)
 @click.option('--dump',          help='How often to dump state', metavar='TICKS',                   type=click.IntRange(min=1), default=500, show_default=True)
-@click.option('--seed',          help='Random seed  [default: random]', metavar='INT',              type=int)
+@click.option('--seed',          help='Random seed  [default: random]', metavar='INT',              type=click.IntRange(min=0, max=2**31 - 1))
 @click.option('--transfer',      help='Transfer learning from network pickle', metavar='PKL|URL',   type=str)
 @click.option('--resume',        help='Resume from previous training state', metavar='PT|DIR',      type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit',                            is_flag=True)
+@click.option('--logger',        help='Also log each tick to TensorBoard / W&B (repeatable)  [default: none]', metavar='tensorboard|wandb|none', type=click.Choice(['tensorboard', 'wandb', 'none']), multiple=True)
 
 def main(**kwargs):
     """Train a diffusion model using the techniques of "Elucidating the Design Space of Diffusion-Based
@@ -327,6 +374,8 @@ def main(**kwargs):
         dist.print0('Dry run; exiting.')
         return
 
+    if c.get('resume_pkl') is not None:
+        _check_transfer(c.resume_pkl) # Read before the run directory exists (a dry run does not load it).
     dist.print0('Creating output directory...')
     create_run_dir(c)
     logger = None

@@ -13,6 +13,7 @@ from ambient.dataset import NoisyCopyDataset
 
 def export_noisy(data, sigma_tn, seed, dest, max_images=None, grid=64):
     """Write S_tn of dataset `data` to dest/noisy-tn{sigma_tn}-seed{seed}.npz and .png; returns the two paths."""
+    dnnlib.util.check_writable(dest, is_dir=True, what='--dest') # Before reading the data set.
     dataset = NoisyCopyDataset(dict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=True),
                                sigma_tn=sigma_tn, noise_seed=seed)
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
@@ -26,7 +27,10 @@ def export_noisy(data, sigma_tn, seed, dest, max_images=None, grid=64):
         arrays['labels'] = np.stack([dataset.get_details(i).raw_label for i in range(count)])
     dataset.close()
 
-    os.makedirs(dest, exist_ok=True)
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except OSError as err:
+        raise dnnlib.util.write_error(dest, err, 'Cannot create') from None
     stem = os.path.join(dest, f'noisy-tn{sigma_tn:g}-seed{seed}')
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -52,7 +56,7 @@ def preview_grid(images):
 
 @click.command()
 @click.option('--data', help='Dataset folder or zip', metavar='PATH|ZIP', type=str, required=True)
-@click.option('--sigma_tn', help='Noise level of the fixed noisy copy', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), required=True)
+@click.option('--sigma_tn', help='Noise level of the fixed noisy copy', metavar='FLOAT', type=dnnlib.util.FiniteFloat(min=0, min_open=True), required=True)
 @click.option('--seed', help='Noise seed (train.py --noise_seed)', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--dest', help='Output folder', metavar='DIR', type=str, required=True)
 @click.option('--max_images', help='Export only the first N images', metavar='INT', type=click.IntRange(min=1))

@@ -3,9 +3,18 @@
 import numpy as np
 import torch
 from torch_utils import persistence
+from torch_utils import training_stats
 
 # These classes are pickled with their module source and may be re-executed inside NVIDIA's EDM
-# checkout, so this module depends on nothing but numpy, torch and torch_utils.persistence.
+# checkout, so this module depends on nothing but numpy, torch, torch_utils.persistence and
+# torch_utils.training_stats.report (EDM's torch_utils has both, with the same API).
+
+# Statistics reported per batch item, once per loss call, by every rank (each name every call, possibly
+# empty, as EDM's training_stats expects): the mean loss of the items in each regime, and the fraction of
+# items in the noisy one (sigma >= sigma_tn). Reporting reads the loss but changes no value and no RNG draw.
+STAT_BELOW = 'Loss/ambient/below_sigma_tn'
+STAT_ABOVE = 'Loss/ambient/above_sigma_tn'
+STAT_FRACTION_ABOVE = 'Loss/ambient/fraction_above'
 
 SPLITS = ('edm', 'uniform')
 WEIGHTINGS = ('target', 'denoiser')
@@ -107,6 +116,8 @@ class AmbientLossBase:
             raise ValueError(f'tn_noise has shape {list(tn_noise.shape)}, images {list(images.shape)}')
         # Random draws in EDM's order (sigma, augmentation, diffusion noise): sigma_tn = 0 is EDM exactly.
         sigma, noisy = self.sample_sigma_split(images.shape[0], images.device)
+        # The regimes' item indices, taken now: on CUDA nonzero() waits for the device, which has little queued yet.
+        regimes = [noisy.flatten().logical_not().nonzero().flatten(), noisy.flatten().nonzero().flatten()]
         if self.sigma_tn == 0:
             y, augment_labels = augment_pipe(images) if augment_pipe is not None else (images, None)
             y_tn = y
@@ -120,7 +131,18 @@ class AmbientLossBase:
         # One forward pass; per item the target is x0 (clean regime) or x_tn (noisy regime).
         pred = torch.where(noisy, x_tn_prediction(D, x, sigma, self.sigma_tn), D)
         target = torch.where(noisy, y_tn, y)
-        return self.ambient_weight(sigma, noisy) * ((pred - target) ** 2)
+        loss = self.ambient_weight(sigma, noisy) * ((pred - target) ** 2)
+        report_regimes(loss, noisy, regimes)
+        return loss
+
+
+def report_regimes(loss, noisy, regimes):
+    """Report each regime's per-item mean loss and the noisy fraction to training_stats (values unchanged)."""
+    with torch.no_grad():
+        per_item = loss.detach().flatten(1).mean(dim=1)
+        training_stats.report(STAT_BELOW, per_item.index_select(0, regimes[0]))
+        training_stats.report(STAT_ABOVE, per_item.index_select(0, regimes[1]))
+        training_stats.report(STAT_FRACTION_ABOVE, noisy.detach().flatten().to(torch.float32))
 
 
 @persistence.persistent_class

@@ -171,8 +171,13 @@ def train_features(detector, images, raw_indices, cache_dir, arch=None, batch=64
                                      info['arch'], weights_id(detector_path)]).encode()).hexdigest()[:32]
     path = os.path.join(cache_dir, f'train-{info["name"]}-{key}.npy')
     if os.path.isfile(path):
-        feats = np.load(path)
-        if feats.shape[0] == images.shape[0] and info['feature_dim'] in (None, feats.shape[1]):
+        try:
+            feats = np.load(path, allow_pickle=False)
+            usable = feats.ndim == 2 and bool(np.all(np.isfinite(feats)))
+        except Exception as e: # pylint: disable=broad-except
+            dist.print0(f'Note: ignoring the unreadable feature cache {path} ({e.__class__.__name__}: {e}); recomputing it')
+            usable = False
+        if usable and feats.shape[0] == images.shape[0] and info['feature_dim'] in (None, feats.shape[1]):
             if verbose:
                 dist.print0(f'Training features from cache {path}')
             return torch.from_numpy(feats)
@@ -180,10 +185,13 @@ def train_features(detector, images, raw_indices, cache_dir, arch=None, batch=64
         dist.print0(f'Computing {info["name"]} features of {images.shape[0]} training images...')
     feats = featurize_distributed(detector, images, batch)
     if dist.get_rank() == 0:
-        os.makedirs(cache_dir, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, feats.numpy())
-        dnnlib.util.atomic_write_bytes(path, buf.getvalue())
+        try: # The cache only saves time: a cache that cannot be written is a note, not a failure.
+            os.makedirs(cache_dir, exist_ok=True)
+            dnnlib.util.atomic_write_bytes(path, buf.getvalue())
+        except (OSError, dnnlib.util.UserError) as e:
+            dist.print0(f'Note: cannot write the feature cache {path} ({getattr(e, "strerror", None) or getattr(e, "message", e)})')
     return feats
 
 #----------------------------------------------------------------------------
@@ -349,6 +357,10 @@ def calc(images, data, detector, detector_path, arch, preprocess, dest, threshol
     """
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise dnnlib.util.UserError(f'--dest: {dest} exists and is not a directory')
+    dnnlib.util.check_writable(dest, is_dir=True, what='--dest') # Before the features, which may take hours.
+    for what, path in [('--images', images), ('--data', data), ('--reference', reference)]:
+        if path is not None and not os.path.exists(path):
+            raise dnnlib.util.UserError(f'{what}: dataset not found: {path}')
     dist.init()
     thresholds = parse_thresholds(thresholds)
     dist.print0(f'Loading generated images {images}...')

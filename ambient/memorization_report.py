@@ -87,7 +87,10 @@ def _csv_bytes(names, samples):
 
 def write_outputs(dest, result, names, grid_pairs=GRID_PAIRS):
     """metrics.json, neighbors.csv, histogram.png and nearest.png in dest, each written atomically."""
-    os.makedirs(dest, exist_ok=True)
+    try:
+        os.makedirs(dest, exist_ok=True)
+    except OSError as err:
+        raise dnnlib.util.write_error(dest, err, 'Cannot create') from None
     s = result.samples
     top = np.argsort(-s.similarity, kind='stable')[:grid_pairs]
     labels = [f'{s.similarity[i]:.3f} #{s.nearest[i]}' for i in top]

@@ -1,7 +1,9 @@
 """Config dicts, class lookup by dotted name, cached URL opening and small helpers."""
 
 import contextlib
+import errno
 import hashlib
+import math
 import importlib
 import io
 import os
@@ -33,6 +35,81 @@ class EasyDict(dict):
 
 class UserError(click.ClickException):
     """A mistake in the user's input: CLIs print one `Error:` line and exit non-zero."""
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange that also refuses NaN and +-Inf (which pass every comparison or bound silently).
+
+    The one float option type of every CLI: `FiniteFloat(min=0, min_open=True)` etc.; without bounds, any finite float.
+    """
+    name = 'finite float'
+
+    def __init__(self, *args, allow_inf=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.allow_inf = allow_inf # +Inf allowed where it means "no limit" (generate.py --S_max, EDM's default).
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if math.isnan(number) or (math.isinf(number) and not (self.allow_inf and number > 0)):
+            self.fail(f'{value!r} is not a finite number.', param, ctx)
+        return super().convert(number, param, ctx)
+
+def check_finite(value, what):
+    """UserError unless `value` (a number or array-like) is entirely finite."""
+    import numpy as np # pylint: disable=import-outside-toplevel
+    if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+        raise UserError(f'{what} holds NaN or Inf values')
+    return value
+
+def worker_error_message(err):
+    """The user's one-line message of a UserError that torch re-raised from a DataLoader worker ("Caught UserError in
+    DataLoader worker process 0. Original Traceback ...": the original message is its last line)."""
+    text = str(getattr(err, 'message', err))
+    if 'DataLoader worker' not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split('UserError: ', 1)[-1].strip()
+
+#----------------------------------------------------------------------------
+# Output paths: one line naming the path and the cause instead of an OSError traceback.
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO,
+                errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG)
+
+def write_error(path, err, what='Cannot write'):
+    """A UserError naming `path` and the cause of the OSError `err`."""
+    cause = err.strerror or str(err) or err.__class__.__name__
+    return UserError(f'{what} {os.fspath(path)}: {cause}')
+
+def check_writable(path, is_dir=False, what=None):
+    """UserError unless `path` (a file, or a folder when is_dir) can be created or replaced there; creates nothing.
+
+    Checked before long work starts; the existing nearest ancestor must be a writable folder on a writable,
+    non-full file system, and `path` itself, when it exists, a folder (is_dir) or a plain file.
+    """
+    path = os.fspath(path)
+    label = f'{what}: ' if what else ''
+    if path == '':
+        raise UserError(f'{label}empty path')
+    if os.path.exists(path):
+        if is_dir and not os.path.isdir(path):
+            raise UserError(f'{label}{path} exists and is not a directory')
+        if not is_dir and os.path.isdir(path):
+            raise UserError(f'{label}{path} is a directory; give a file name')
+    folder = path if (is_dir and os.path.isdir(path)) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UserError(f'{label}cannot create {path}: {folder} is not a directory')
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError): # Windows has no statvfs.
+        st = None
+    if st is not None and st.f_flag & getattr(os, 'ST_RDONLY', 1):
+        raise UserError(f'{label}cannot write {path}: {folder} is on a read-only file system')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f'{label}cannot write {path}: {folder} is not writable (permission denied)')
+    if st is not None and st.f_bavail * st.f_frsize < 4096:
+        raise UserError(f'{label}cannot write {path}: no space left on device ({folder})')
 
 #----------------------------------------------------------------------------
 
@@ -267,18 +344,37 @@ def atomic_output(path, unique=False, suffix=''):
     path = os.fspath(path)
     tmp = f'{path}.tmp-{os.getpid()}' + (f'-{time.time_ns()}' if unique else '') + suffix
     try:
-        yield tmp
-        if os.path.isfile(tmp):
-            with open(tmp, 'rb') as f:
-                os.fsync(f.fileno())
-        elif os.path.isdir(path) and os.path.isdir(tmp) and not os.listdir(path):
-            os.rmdir(path) # rename() replaces an empty folder on POSIX only; remove it first everywhere.
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            if os.path.isfile(tmp):
+                with open(tmp, 'rb') as f:
+                    os.fsync(f.fileno())
+            elif os.path.isdir(path) and os.path.isdir(tmp) and not os.listdir(path):
+                os.rmdir(path) # rename() replaces an empty folder on POSIX only; remove it first everywhere.
+            os.replace(tmp, path)
+        except OSError as err: # Disk full, read-only, permissions: one line naming the output, not a traceback.
+            ours = err.filename is None or os.fspath(err.filename) in (tmp, path) or os.fspath(err.filename).startswith(tmp)
+            if err.errno not in WRITE_ERRNOS or not ours: # An input the body read is the caller's business.
+                raise
+            raise write_error(path, err) from None
+        except Exception as err: # Writers that wrap the OSError (torch.save, safetensors) on a full disk.
+            if isinstance(err, UserError) or not _no_space_left(tmp):
+                raise
+            raise UserError(f'Cannot write {path}: No space left on device ({err.__class__.__name__})') from None
     finally:
         if os.path.isdir(tmp) and not os.path.islink(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         elif os.path.lexists(tmp): # Only after a failure: a successful replace consumed it.
             os.remove(tmp)
+
+
+def _no_space_left(path):
+    """Whether the file system holding `path` (or its folder) is full."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail * st.f_frsize < 4096
 
 
 def atomic_write_bytes(path, data):

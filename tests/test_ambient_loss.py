@@ -236,3 +236,33 @@ def test_bad_options_and_missing_noise():
         AmbientEDMLoss(sigma_tn=1.0)(RecordingNet(), x0)
     with pytest.raises(ValueError, match='shape'):
         AmbientEDMLoss(sigma_tn=1.0)(RecordingNet(), x0, tn_noise=torch.zeros([2, 3, 4, 4]))
+
+
+def test_reports_each_regimes_loss_and_fraction_without_changing_the_loss():
+    from torch_utils import training_stats
+    collector = training_stats.Collector(regex='Loss/ambient/.*', keep_previous=False)
+    images = torch.rand([64, 3, 8, 8]) * 2 - 1
+    eps = torch.randn_like(images)
+    loss_fn = AmbientEDMLoss(sigma_tn=0.5, split='uniform')
+    torch.manual_seed(3)
+    loss = loss_fn(RecordingNet(), images, tn_noise=eps, augment_pipe=edm_augment_pipe())
+    after = torch.rand([])
+    collector.update()
+    torch.manual_seed(3)
+    net = RecordingNet()
+    again = loss_fn(net, images, tn_noise=eps, augment_pipe=edm_augment_pipe())
+    assert torch.equal(loss, again) and torch.equal(after, torch.rand([])) # Same value, same RNG draws after it.
+    noisy = (net.calls[0]['sigma'].flatten() >= 0.5)
+    per_item = loss.flatten(1).mean(dim=1).double()
+    assert 0 < int(noisy.sum()) < 64
+    assert collector.num('Loss/ambient/above_sigma_tn') == int(noisy.sum())
+    assert collector.num('Loss/ambient/below_sigma_tn') == 64 - int(noisy.sum())
+    assert collector.mean('Loss/ambient/above_sigma_tn') == pytest.approx(float(per_item[noisy].mean()), rel=1e-5)
+    assert collector.mean('Loss/ambient/below_sigma_tn') == pytest.approx(float(per_item[~noisy].mean()), rel=1e-5)
+    assert collector.mean('Loss/ambient/fraction_above') == pytest.approx(float(noisy.double().mean()))
+    # A regime without items reports nothing (EDM's API: every name every call, possibly empty).
+    collector.update() # Drops the second call's statistics.
+    AmbientEDMLoss(P_mean=math.log(2.0), P_std=0.0, sigma_tn=0.5)(RecordingNet(), images, tn_noise=eps)
+    collector.update()
+    assert collector.num('Loss/ambient/below_sigma_tn') == 0 and collector.num('Loss/ambient/above_sigma_tn') == 64
+    assert collector.mean('Loss/ambient/fraction_above') == 1.0

@@ -84,8 +84,8 @@ def test_atomic_write_bytes(tmp_path):
     util.atomic_write_bytes(tmp_path / 'a.json', b'{}')
     assert (tmp_path / 'a.json').read_bytes() == b'{}'
     (tmp_path / 'dir').mkdir()
-    with pytest.raises(OSError):
-        util.atomic_write_bytes(tmp_path / 'dir', b'x') # Cannot replace a directory by a file.
+    with pytest.raises(dnnlib.UserError, match='Cannot write .*dir: Is a directory'):
+        util.atomic_write_bytes(tmp_path / 'dir', b'x') # Cannot replace a directory by a file: one line, no traceback.
     assert sorted(os.listdir(tmp_path)) == ['a.json', 'dir'] # No temporary left behind.
 
 def test_atomic_output_file_folder_and_failure(tmp_path):

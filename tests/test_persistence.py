@@ -167,9 +167,10 @@ def test_unpicklable_constructor_argument_is_refused(tmp_path):
         sys.path.pop(0)
 
 # Snapshot pickles are executed inside NVIDIA's EDM checkout by its generate.py, whose torch_utils has
-# only persistence and misc.constant of what we offer: keep persistent modules to that subset.
+# only persistence, misc.constant and training_stats.report of what we offer: keep persistent modules to that subset.
 PERSISTENT_MODULES = ['training/networks.py', 'training/loss.py', 'training/augment.py', 'ambient/loss.py']
-ALLOWED_IMPORTS = {'numpy', 'torch', 'torch.nn.functional', 'torch_utils', 'torch_utils.persistence', 'torch_utils.misc', 'math'}
+ALLOWED_IMPORTS = {'numpy', 'torch', 'torch.nn.functional', 'torch_utils', 'torch_utils.persistence', 'torch_utils.misc',
+                   'torch_utils.training_stats', 'math'}
 
 @pytest.mark.parametrize('relpath', PERSISTENT_MODULES)
 def test_persistent_modules_import_only_edm_api(repo_dir, relpath):
@@ -187,7 +188,9 @@ def test_persistent_modules_import_only_edm_api(repo_dir, relpath):
         for name in names:
             assert name in ALLOWED_IMPORTS, f'{relpath}: import of {name} would break loading in EDM'
         if isinstance(node, ast.ImportFrom) and node.module == 'torch_utils':
-            assert {a.name for a in node.names} <= {'persistence', 'misc'}
+            assert {a.name for a in node.names} <= {'persistence', 'misc', 'training_stats'}
     src = path.read_text()
     for attr in set(__import__('re').findall(r'\bmisc\.(\w+)', src)):
         assert attr == 'constant', f'{relpath}: misc.{attr} does not exist in EDM'
+    for attr in set(__import__('re').findall(r'\btraining_stats\.(\w+)', src)):
+        assert attr == 'report', f'{relpath}: use only training_stats.report (EDM has it with the same signature)'

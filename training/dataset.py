@@ -214,6 +214,38 @@ class ImageFolderDataset(Dataset):
         if self._use_labels:
             self._get_raw_labels() # Report label errors now rather than in a worker.
 
+    def validate(self, decode=False):
+        """Check every image up front: zip members' CRCs, then each image's size and channels from its header, or with
+        `decode` (the trainer's --cache=1, which decodes every image anyway) the whole decoded image. UserError naming
+        the first bad one: raised here, before any output exists, rather than later inside a DataLoader worker."""
+        if self._type == 'zip':
+            try:
+                bad = self._get_zipfile().testzip()
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as err:
+                raise dnnlib.util.UserError(f'Cannot read zip {self._path}: {err}') from None
+            if bad is not None:
+                raise dnnlib.util.UserError(f'{bad} in {self._path} is corrupt (CRC check failed); rebuild the zip')
+        for raw_idx in np.unique(self._raw_idx):
+            if decode:
+                image = self._load_raw_image(raw_idx)
+                if list(image.shape) != self.image_shape or image.dtype != np.uint8:
+                    raise dnnlib.util.UserError(f'{self._raw_name(raw_idx)} is {image.dtype} of shape (CHW) {list(image.shape)}, '
+                                                f'but the first image is uint8 of shape {self.image_shape}; all images must '
+                                                'match (convert them with dataset_tool.py --resolution)')
+                continue
+            try:
+                with self._open_file(self._image_fnames[raw_idx]) as f, PIL.Image.open(f) as img:
+                    width, height = img.size
+                    channels = 1 if img.mode in ('P', '1') else len(img.getbands())
+            except PIL.UnidentifiedImageError:
+                raise dnnlib.util.UserError(f'Cannot read image {self._raw_name(raw_idx)}: not a recognised image format') from None
+            except (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise dnnlib.util.UserError(f'Cannot read image {self._raw_name(raw_idx)}: {err}') from None
+            if [channels, height, width] != self.image_shape:
+                raise dnnlib.util.UserError(f'{self._raw_name(raw_idx)} is {width}x{height} with {channels} channel(s), but the '
+                                            f'first image is {self.image_shape[2]}x{self.image_shape[1]} with {self.image_shape[0]}; '
+                                            'all images must match (convert them with dataset_tool.py --resolution)')
+
     def _get_zipfile(self):
         # One handle per process: a handle inherited through fork shares its file offset.
         if self._zipfile is None or self._zipfile_pid != os.getpid():

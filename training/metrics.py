@@ -95,12 +95,18 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2): |mu1-mu2|^2 + tr(S1 + S2 - 2 sqrt(S1 S2))."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    for value, what in [(mu1, 'The first mean'), (sigma1, 'The first covariance'), (mu2, 'The second mean'),
+                        (sigma2, 'The second covariance')]:
+        dnnlib.util.check_finite(value, f'{what} of the Frechet distance') # NaN would print "nan" and exit 0.
     root = scipy.linalg.sqrtm(np.dot(sigma1, sigma2))
     if not np.all(np.isfinite(root)):
         # Few samples give singular covariances; a tiny ridge keeps the square root defined.
         eps = 1e-6 * np.eye(sigma1.shape[0])
         root = scipy.linalg.sqrtm(np.dot(sigma1 + eps, sigma2 + eps))
-    return float(np.real(np.square(mu1 - mu2).sum() + np.trace(sigma1 + sigma2 - root * 2)))
+    distance = float(np.real(np.square(mu1 - mu2).sum() + np.trace(sigma1 + sigma2 - root * 2)))
+    if not np.isfinite(distance):
+        raise dnnlib.util.UserError('The Frechet distance is not finite (overflowing feature statistics)')
+    return distance
 
 #----------------------------------------------------------------------------
 # Statistics of images.
@@ -108,8 +114,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
 def stats_from_batches(batches, detector, feature_dim, device='cpu', progress=False, total=None):
     """Mean and covariance of detector features over an iterable of uint8 NCHW batches, summed over all ranks."""
     stats = FeatureStats(feature_dim, device=device)
-    for images in tqdm.tqdm(batches, unit='batch', total=total, disable=(not progress or dist.get_rank() != 0)):
-        stats.add(detector(torch.as_tensor(images).to(device)))
+    try:
+        for images in tqdm.tqdm(batches, unit='batch', total=total, disable=(not progress or dist.get_rank() != 0)):
+            stats.add(detector(torch.as_tensor(images).to(device)))
+    except dnnlib.util.UserError as err: # From a DataLoader worker: keep the user's one line, not the worker's traceback.
+        raise dnnlib.util.UserError(dnnlib.util.worker_error_message(err)) from None
     stats.all_reduce()
     return stats.mean_cov()
 
@@ -157,13 +166,36 @@ def load_ref(ref_path):
     mu, sigma = ref['mu'], ref['sigma']
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise dnnlib.util.UserError(f'{ref_path}: mu {list(mu.shape)} and sigma {list(sigma.shape)} do not form a Gaussian')
+    if mu.dtype.kind not in 'iuf' or sigma.dtype.kind not in 'iuf':
+        raise dnnlib.util.UserError(f'{ref_path}: mu and sigma must be numbers, not {mu.dtype} / {sigma.dtype}')
+    dnnlib.util.check_finite(mu, f'{ref_path}: mu')
+    dnnlib.util.check_finite(sigma, f'{ref_path}: sigma')
     return mu, sigma
+
+
+def check_ref_dest(dest_path):
+    """UserError unless dest_path can take reference statistics: writable, and not an existing file of another kind."""
+    dnnlib.util.check_writable(dest_path, what='--dest')
+    if os.path.isfile(dest_path):
+        try:
+            with np.load(dest_path, allow_pickle=False) as old:
+                is_ref = {'mu', 'sigma'} <= set(old.files)
+        except Exception: # pylint: disable=broad-except
+            is_ref = False
+        if not is_ref:
+            raise dnnlib.util.UserError(f'--dest: {dest_path} exists and is not reference statistics (.npz with mu, sigma); '
+                                        'refusing to overwrite it')
 
 
 def save_ref(dest_path, mu, sigma):
     """Write reference statistics as .npz (mu, sigma), atomically."""
+    dnnlib.util.check_finite(mu, 'The statistics\' mean')
+    dnnlib.util.check_finite(sigma, 'The statistics\' covariance')
     if os.path.dirname(dest_path):
-        os.makedirs(os.path.dirname(dest_path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(dest_path), exist_ok=True)
+        except OSError as err:
+            raise dnnlib.util.write_error(os.path.dirname(dest_path), err, 'Cannot create') from None
     buf = io.BytesIO()
     np.savez(buf, mu=mu, sigma=sigma)
     dnnlib.util.atomic_write_bytes(dest_path, buf.getvalue())

@@ -242,6 +242,11 @@ def sample_batch(net, seeds, class_idx=None, device='cpu', **sampler_kwargs):
     sampler_fn = ablation_sampler if any(k in sampler_kwargs for k in ABLATION_KEYS) else edm_sampler
     with torch.no_grad():
         images = sampler_fn(net, latents, class_labels, randn_like=rnd.randn_like, **sampler_kwargs)
+    if not torch.isfinite(images).all(): # NaN would become black pixels: refuse rather than write garbage.
+        import dnnlib # pylint: disable=import-outside-toplevel
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise dnnlib.util.UserError(f'Sampling produced NaN/Inf in {bad} of {len(seeds)} images (seeds {seeds[0]}..{seeds[-1]}): '
+                                    'the network or the sampler options (--sigma_min/--sigma_max/--S_*) give non-finite output')
     return images_to_uint8(images).cpu()
 
 

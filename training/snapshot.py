@@ -68,6 +68,10 @@ def load_network_pickle(path_or_url, device='cpu', verbose=True):
     if dnnlib.util.is_url(path_or_url) and not path_or_url.startswith('file://') and verbose:
         print(f'Note: {path_or_url} is a pickle; loading it runs the code it carries. Load only pickles you trust.')
     data = _read_bytes(path_or_url, verbose)
+    name = os.path.basename(str(path_or_url).split('?')[0])
+    if name.startswith('training-state-') or data[:2] == b'PK' and b'data.pkl' in data[:4096]:
+        raise dnnlib.util.UserError(f'{path_or_url} is a training-state file (for train.py --resume), not a network '
+                                    'snapshot; give network-snapshot-*.pkl or .safetensors')
     try:
         obj = pickle.load(io.BytesIO(data))
     except Exception as e: # pylint: disable=broad-except

@@ -106,7 +106,10 @@ def setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwar
 
 def _next_batch(t):
     """Next local batch: images in [-1, 1] float32, labels, and the dataset's extra fields, all on the device."""
-    images, labels, *rest = next(t.data_iterator)
+    try:
+        images, labels, *rest = next(t.data_iterator)
+    except dnnlib.util.UserError as err: # Raised in a worker: torch wraps it with the worker's traceback.
+        raise dnnlib.util.UserError(dnnlib.util.worker_error_message(err)) from None
     images = images.to(t.device).to(torch.float32) / 127.5 - 1
     labels = labels.to(t.device)
     extras = {key: value.to(t.device) if isinstance(value, torch.Tensor) else value for key, value in (rest[0] if rest else {}).items()}
@@ -136,6 +139,7 @@ def update_weights(t, cur_nimg, lr_rampup_kimg):
     """Ramp the learning rate, zero non-finite gradient entries, take the optimizer step."""
     for g in t.optimizer.param_groups:
         g['lr'] = t.optimizer_kwargs['lr'] * min(cur_nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
+    training_stats.report0('Training/lr', t.optimizer.param_groups[0]['lr']) # A Python float: no device sync.
     for param in _parameters(t)[0]:
         if param.grad is not None:
             torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
@@ -163,6 +167,17 @@ def train_step(t, cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio)
     update_weights(t, cur_nimg, lr_rampup_kimg)
     update_ema(t, cur_nimg, ema_halflife_kimg, ema_rampup_ratio)
     t.nonfinite_steps = torch.where(finite, torch.zeros_like(t.nonfinite_steps), t.nonfinite_steps + 1)
+
+def weights_finite(t):
+    """Whether every weight of the net and its EMA is finite on every rank (a collective call)."""
+    net_params, ema_params = _parameters(t)
+    with torch.no_grad():
+        ok = torch.stack([torch.isfinite(p).all() for p in net_params + ema_params]).all() if net_params else torch.ones([], dtype=torch.bool)
+    flag = ok.to(torch.int64)
+    if dist.get_world_size() > 1:
+        flag = flag.to(dist.get_sync_device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
 
 def _max_nonfinite_steps(t):
     """Consecutive non-finite steps, the largest over ranks (a collective call)."""
@@ -225,8 +240,10 @@ def training_loop(
     bf16                = False,    # bfloat16 autocast around the loss.
     max_nonfinite_steps = 100,      # Stop after this many consecutive steps with a NaN/Inf loss.
     device              = None,     # Compute device, None = this rank's CUDA device or the CPU.
+    loggers             = (),       # Also send each tick's statistics to these sinks (training/loggers.py).
 ):
     """Train a network; writes status lines, stats.jsonl, snapshots and training states into run_dir."""
+    options = {k: v for k, v in locals().items() if k != 'resume_state'} # The run config the loggers record.
     start_time = time.time()
     device = torch.device(device) if device is not None else dist.get_device()
     checkpoint.seed_rank(seed)
@@ -260,6 +277,11 @@ def training_loop(
     if progress.cur_nimg >= plan.total_nimg:
         dist.print0(f'Already trained for {progress.cur_nimg / 1e3:g} kimg; nothing to do.')
         return
+    plan.sinks = None
+    if loggers and dist.get_rank() == 0:
+        from training import loggers as logger_sinks # pylint: disable=import-outside-toplevel
+        plan.sinks = logger_sinks.open_sinks(loggers, run_dir, options, start_step=progress.cur_nimg,
+                                             resume_dir=os.path.dirname(os.path.abspath(resume_state_dump)) if resume_state_dump else None)
     check_every = max(1, min(16, max_nonfinite_steps // 4)) # Reading the counter syncs the device: not every step.
     progress.tick_start_nimg = progress.cur_nimg
     progress.tick_start_time = time.time()
@@ -271,13 +293,19 @@ def training_loop(
         done = (progress.cur_nimg >= plan.total_nimg)
         at_tick = done or progress.cur_tick == 0 or progress.cur_nimg >= progress.tick_start_nimg + kimg_per_tick * 1000
         # Checked on global step numbers, so that a resumed run stops exactly where the uninterrupted one would.
-        if (at_tick or (progress.cur_nimg // batch_size) % check_every == 0) and _max_nonfinite_steps(t) >= max_nonfinite_steps:
-            raise dnnlib.util.UserError(f'The loss was NaN/Inf for {max_nonfinite_steps} consecutive steps (at kimg '
-                                        f'{progress.cur_nimg / 1e3:.3f}); stopping. Last good snapshot: {progress.last_snapshot or "none"}')
+        if at_tick or (progress.cur_nimg // batch_size) % check_every == 0:
+            nonfinite = _max_nonfinite_steps(t)
+            if nonfinite >= max_nonfinite_steps:
+                raise dnnlib.util.UserError(f'The loss was NaN/Inf for {max_nonfinite_steps} consecutive steps (at kimg '
+                                            f'{progress.cur_nimg / 1e3:.3f}); stopping. Last good snapshot: {progress.last_snapshot or "none"}')
+            if nonfinite > 0 and not at_tick and not weights_finite(t): # Non-finite weights never recover: stop now.
+                raise _diverged(progress)
         if at_tick and _end_tick(t, progress, plan, done):
             break
     if progress.stats_jsonl is not None:
         progress.stats_jsonl.close()
+    if plan.sinks is not None:
+        plan.sinks.close()
     dist.print0()
     dist.print0('Exiting...')
 
@@ -287,6 +315,12 @@ def _set_backends(cudnn_benchmark):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+
+def _diverged(progress):
+    """The one-line error for non-finite weights; nothing is written after it."""
+    return dnnlib.util.UserError(f'Training diverged: the network weights hold NaN/Inf at kimg {progress.cur_nimg / 1e3:.3f} '
+                                 f'(try a lower --lr); stopping without writing a snapshot. Last good snapshot: '
+                                 f'{progress.last_snapshot or "none"}')
 
 def _end_tick(t, progress, plan, done):
     """Status line, snapshot, training state and stats.jsonl at the end of a tick; returns True when training is over.
@@ -301,6 +335,8 @@ def _end_tick(t, progress, plan, done):
         done = True
         dist.print0()
         dist.print0('Aborting...')
+    if not weights_finite(t): # Never write a snapshot or state of a diverged net: the last good ones stay as they are.
+        raise _diverged(progress)
 
     if (plan.snapshot_ticks is not None) and (done or progress.cur_tick % plan.snapshot_ticks == 0):
         path = checkpoint.save_snapshot(t, plan.run_dir, progress.cur_nimg, plan.dataset_kwargs)
@@ -315,6 +351,8 @@ def _end_tick(t, progress, plan, done):
             progress.stats_jsonl = open(os.path.join(plan.run_dir, 'stats.jsonl'), 'at')
         progress.stats_jsonl.write(json.dumps(dict(training_stats.default_collector.as_dict(), timestamp=time.time())) + '\n')
         progress.stats_jsonl.flush()
+        if plan.get('sinks') is not None:
+            plan.sinks.log(training_stats.default_collector.as_dict(), step=progress.cur_nimg)
     dist.update_progress(progress.cur_nimg // 1000, plan.total_nimg // 1000)
 
     progress.cur_tick += 1
