@@ -14,8 +14,11 @@ from torch_utils import distributed as dist
 
 # Loss families: `edm` is the preconditioner's native loss; the others name a configure(c, opts) -> tag function,
 # imported only when chosen.
-LOSS_FAMILIES = {'edm': None, 'ambient': 'ambient.config.configure'}
-FAMILY_OPTIONS = ('sigma_tn', 'ambient_split', 'noise_seed', 'ambient_aug_order')
+LOSS_FAMILIES = {'edm': None, 'ambient': 'ambient.config.configure',
+                 'masking': 'ambient.baselines_config.configure_masking', # Table 2 baselines
+                 'noisy_only': 'ambient.baselines_config.configure_noisy_only'}
+FAMILY_OPTIONS = ('sigma_tn', 'ambient_split', 'noise_seed', 'ambient_aug_order', 'ambient_augment',
+                  'mask_p', 'mask_delta', 'mask_seed', 'mask_samples')
 
 ARCHITECTURES = {
     'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
@@ -125,7 +128,7 @@ def _apply_loss_family(c, opts):
     given = [name for name in FAMILY_OPTIONS if opts.get(name) is not None]
     if opts.loss == 'edm':
         if given:
-            raise dnnlib.util.UserError(f'--{given[0]} requires --loss=ambient')
+            raise dnnlib.util.UserError(f'--{given[0]} requires --loss=ambient (or masking / noisy_only)')
         return ''
     func_name = LOSS_FAMILIES[opts.loss]
     try:
@@ -297,13 +300,18 @@ def _print_options(c, opts):
 @click.option('--cond',          help='Train class-conditional model', metavar='BOOL',              type=bool, default=False, show_default=True)
 @click.option('--arch',          help='Network architecture', metavar='ddpmpp|ncsnpp|adm',          type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', show_default=True)
 @click.option('--precond',       help='Preconditioning & loss function', metavar='vp|ve|edm',       type=click.Choice(['vp', 've', 'edm']), default='edm', show_default=True)
-@click.option('--loss',          help='Loss family (edm = native loss of --precond)', metavar='edm|ambient', type=click.Choice(sorted(LOSS_FAMILIES)), default='edm', show_default=True)
+@click.option('--loss',          help='Loss family (edm = native loss of --precond)', metavar='|'.join(sorted(LOSS_FAMILIES)), type=click.Choice(sorted(LOSS_FAMILIES)), default='edm', show_default=True)
 
 # Loss-family options (passed to the family's configure function).
 @click.option('--sigma_tn',      help='Ambient: noise level of the fixed noisy copies', metavar='FLOAT', type=dnnlib.util.FiniteFloat(min=0))
 @click.option('--ambient_split', help='Ambient: how sigma is split around sigma_tn', metavar='|'.join(AMBIENT_SPLITS), type=click.Choice(AMBIENT_SPLITS))
 @click.option('--noise_seed',    help='Ambient: seed of the fixed noisy copies', metavar='INT',     type=click.IntRange(min=0))
 @click.option('--ambient_aug_order', help='Ambient: augment the noisy copy, or augment clean then add noise', metavar='|'.join(AMBIENT_AUG_ORDERS), type=click.Choice(AMBIENT_AUG_ORDERS))
+@click.option('--ambient_augment', help='Ambient/noisy_only: noise-preserving augmentations only (safe) or EDM\'s full set  [default: safe]', metavar='safe|edm', type=click.Choice(['safe', 'edm']))
+@click.option('--mask_p',        help='Masking: erasure probability of each image\'s fixed mask A', metavar='FLOAT', type=dnnlib.util.FiniteFloat(min=0, max=1, max_open=True))
+@click.option('--mask_delta',    help='Masking: extra erasure probability during training  [default: 0.1]', metavar='FLOAT', type=dnnlib.util.FiniteFloat(min=0, max=1, max_open=True))
+@click.option('--mask_seed',     help='Masking: seed of the fixed masks  [default: 0]', metavar='INT', type=click.IntRange(min=0))
+@click.option('--mask_samples',  help='Masking: masks averaged per denoiser call when sampling  [default: 1]', metavar='INT', type=click.IntRange(min=1))
 
 # Hyperparameters.
 @click.option('--duration',      help='Training duration', metavar='MIMG',                          type=dnnlib.util.FiniteFloat(min=0, min_open=True), default=200, show_default=True)

@@ -3,6 +3,7 @@
 import math
 
 import dnnlib
+from ambient import augment_policy
 from ambient.loss import AUG_ORDERS, SPLITS
 
 # Native loss of each preconditioner (as train.py builds it) -> its ambient twin and the largest sigma the
@@ -31,6 +32,9 @@ def configure(c, opts):
     loss_class, default_max = _PRECONDS[precond]
     sigma_max = _sigma_max(c.network_kwargs, default_max)
 
+    for name in ('mask_p', 'mask_delta', 'mask_seed', 'mask_samples'):
+        if opts.get(name) is not None:
+            raise dnnlib.util.UserError(f'--{name} does not apply to --loss=ambient')
     sigma_tn = opts.get('sigma_tn')
     if sigma_tn is None:
         raise dnnlib.util.UserError('--loss=ambient requires --sigma_tn')
@@ -66,4 +70,7 @@ def configure(c, opts):
     tag = f'ambient-tn{sigma_tn}-{split}'
     if aug_order != 'noisy':
         tag += f'-{aug_order}'
+    # Noise-preserving augmentations only, unless --ambient_augment=edm (docs/ambient.md, 'Augmentation without leaks').
+    if augment_policy.restrict(c, opts.get('ambient_augment')) == 'edm' and c.get('augment_kwargs') is not None:
+        tag += '-augedm'
     return tag

@@ -204,6 +204,44 @@ def trajectory(networks, labels, data, sigma_tn, noise_seed, samples, steps, des
     print(f'Wrote {dest}')
 
 
+def _load_sweep(sweep_dir):
+    """The summary a sweep wrote (sweep.json), with its aggregated groups."""
+    path = os.path.join(sweep_dir, 'sweep.json')
+    if not os.path.isfile(path):
+        raise dnnlib.util.UserError(f'--sweep: {path} not found; give the --outdir of a finished ambient.sweep')
+    import json # pylint: disable=import-outside-toplevel
+    with open(path, 'rb') as f:
+        summary = json.load(f)
+    if not summary.get('groups'):
+        raise dnnlib.util.UserError(f'--sweep: {path} holds no evaluated snapshots')
+    return summary
+
+
+@cli.command()
+@click.option('--sweep', 'sweep_dir', help='Output folder of ambient.sweep (reads its sweep.json)', metavar='DIR', type=str, required=True)
+@click.option('--dest', help='Output PNG', metavar='PNG', type=str, required=True)
+def pareto(sweep_dir, dest):
+    """Quality vs memorized fraction of every model of a sweep (the paper's Figure 1; a marker per method)."""
+    from ambient import sweep_report # pylint: disable=import-outside-toplevel
+    _check_dest(dest)
+    summary = _load_sweep(sweep_dir)
+    if not sweep_report.plot_pareto_png(summary, summary['groups'], dest):
+        raise dnnlib.util.UserError(f'--sweep: {sweep_dir} measured no quality (no held-out images): nothing to plot')
+    print(f'Wrote {dest}')
+
+
+@cli.command()
+@click.option('--sweep', 'sweep_dir', help='Output folder of ambient.sweep (reads its sweep.json)', metavar='DIR', type=str, required=True)
+@click.option('--dest', help='Output PNG', metavar='PNG', type=str, required=True)
+def curves(sweep_dir, dest):
+    """Memorized fraction, mean top-1 similarity and quality of every model of a sweep along training."""
+    from ambient import sweep_report # pylint: disable=import-outside-toplevel
+    _check_dest(dest)
+    summary = _load_sweep(sweep_dir)
+    sweep_report.plot_curves_png(summary, summary['groups'], dest)
+    print(f'Wrote {dest}')
+
+
 if __name__ == '__main__':
     cli() # pylint: disable=no-value-for-parameter
 

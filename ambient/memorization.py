@@ -28,6 +28,7 @@ import torch
 
 import dnnlib
 from ambient import memorization_report, nn_search
+from ambient import thresholds as ambient_thresholds
 from torch_utils import distributed as dist
 from training.dataset import load_images
 from training.detectors import load_detector
@@ -337,14 +338,15 @@ def cli():
 @click.option('--arch', help='DINOv2 backbone  [default: vitg14]', type=click.Choice(DINOV2_ARCHS))
 @click.option('--preprocess', help='DINOv2 preprocessing  [default: ambient]', type=click.Choice(['ambient', 'standard']))
 @click.option('--dest', help='Output directory', metavar='DIR', type=str, required=True)
-@click.option('--thresholds', help='Similarity thresholds', metavar='LIST', type=str, default=','.join(f'{t:g}' for t in THRESHOLDS), show_default=True)
+@click.option('--thresholds', help='Similarity thresholds (overrides --thresholds-preset)', metavar='LIST', type=str)
+@click.option('--thresholds-preset', 'thresholds_preset', help='The paper\'s thresholds of a data set (cifar10, imagenet: 0.9,0.925,0.95; ffhq: 0.85,0.875,0.9; all: 0.85-0.95); auto: inferred from the --data name, else all', type=click.Choice(ambient_thresholds.CHOICES), default='auto', show_default=True)
 @click.option('--reference', help='Held-out real images (no-memorization baseline)', metavar='DIR|ZIP', type=str)
 @click.option('--batch', help='Detector batch size per rank', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--chunk', help='Rows per block of the neighbour search', metavar='INT', type=click.IntRange(min=1), default=nn_search.DEFAULT_CHUNK, show_default=True)
 @click.option('--cache-dir', help='Training-feature cache  [default: dnnlib cache]', metavar='DIR', type=str)
 @click.option('--resize', help='Resize samples to the training resolution', is_flag=True)
 @click.option('--max_size', help='Evaluate a seeded random subset of this many generated images  [default: all]', metavar='INT', type=click.IntRange(min=1))
-def calc(images, data, detector, detector_path, arch, preprocess, dest, thresholds, reference, batch, chunk, cache_dir, resize, max_size):
+def calc(images, data, detector, detector_path, arch, preprocess, dest, thresholds, thresholds_preset, reference, batch, chunk, cache_dir, resize, max_size):
     """Nearest training images of generated images; writes metrics.json, neighbors.csv, histogram.png, nearest.png.
 
     \b
@@ -362,7 +364,10 @@ def calc(images, data, detector, detector_path, arch, preprocess, dest, threshol
         if path is not None and not os.path.exists(path):
             raise dnnlib.util.UserError(f'{what}: dataset not found: {path}')
     dist.init()
-    thresholds = parse_thresholds(thresholds)
+    if thresholds is None:
+        thresholds_preset, thresholds = ambient_thresholds.resolve(thresholds_preset, [data])
+    else:
+        thresholds_preset, thresholds = None, parse_thresholds(thresholds)
     dist.print0(f'Loading generated images {images}...')
     sample_images, info = load_images(images, max_size=max_size)
     result = compute_memorization(torch.from_numpy(sample_images), data, detector=detector, detector_path=detector_path, arch=arch,
@@ -370,6 +375,7 @@ def calc(images, data, detector, detector_path, arch, preprocess, dest, threshol
                                   chunk=chunk, cache_dir=cache_dir, resize=resize)
     result.metrics['images'] = images
     result.metrics['max_size'] = max_size
+    result.metrics['thresholds_preset'] = thresholds_preset
     if dist.get_rank() == 0:
         memorization_report.write_outputs(dest, result, info.names)
         m = result.metrics

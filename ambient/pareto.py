@@ -85,8 +85,10 @@ def _error_bars(ax, members, x_key, y_key, x_err, y_err, color):
 
 
 def plot_pareto(rows, path, x_key, y_key, group_key='sigma_tn', order_key='kimg', x_label=None, y_label=None,
-                group_label=None, title=None, x_err=None, y_err=None):
+                group_label=None, title=None, x_err=None, y_err=None, group_marker=None):
     """Scatter of (x, y) per row, one line per group along order_key, and the Pareto frontier of all points.
+
+    group_marker(g): the matplotlib marker of group g (e.g. one per method family); default 'o'.
 
     x_err / y_err: (lo_key, hi_key) of each row's interval, drawn as error bars.
     """
@@ -99,9 +101,10 @@ def plot_pareto(rows, path, x_key, y_key, group_key='sigma_tn', order_key='kimg'
         label = group_label(g) if group_label else f'{group_key}={g}'
         line, = ax.plot(xs, ys, '-', alpha=0.5, linewidth=1)
         _error_bars(ax, members, x_key, y_key, x_err, y_err, line.get_color())
-        ax.scatter(xs[:-1], ys[:-1], s=18, color=line.get_color())
+        marker = group_marker(g) if group_marker else 'o'
+        ax.scatter(xs[:-1], ys[:-1], s=18, color=line.get_color(), marker=marker)
         # The last snapshot of each run is drawn larger, so the direction of training is visible.
-        ax.scatter(xs[-1:], ys[-1:], s=60, color=line.get_color(), edgecolors='black', label=label, zorder=3)
+        ax.scatter(xs[-1:], ys[-1:], s=60, color=line.get_color(), edgecolors='black', label=label, zorder=3, marker=marker)
     if rows:
         xs = np.array([r[x_key] for r in rows], dtype=np.float64)
         ys = np.array([r[y_key] for r in rows], dtype=np.float64)

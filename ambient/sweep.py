@@ -10,13 +10,15 @@ resumes from its latest training state (train.py --resume). The reports are writ
 import concurrent.futures
 import itertools
 import os
+import threading
 import time
 
 import click
 import numpy as np
 
 import dnnlib
-from ambient import pareto
+from ambient import pareto, sweep_methods
+from ambient import thresholds as ambient_thresholds
 from ambient.heldout import load_labelled
 from ambient.sweep_report import write_results
 from ambient.sweep_stages import (fmt_number, read_json, rel_path, check_train_opts, choose_snapshots, collect_row, default_tools,
@@ -27,20 +29,24 @@ from training.dataset import ImageFolderDataset, load_images
 DEFAULTS = dict(
     source=None, subset=None, data_seed=0, resolution=None, data=None, heldout=None,
     sigma_tn=(0.0, 0.5, 1.0), every=0, samples=128, steps=18, gen_batch=64, seeds=(0,),
-    detector='pixel', gpus=None, download=False, train_opts=(), jobs=1,
+    detector='pixel', gpus=None, download=False, train_opts=(), ambient_opts=(), jobs=1, methods=None,
+    thresholds_preset=None,
 )
 
-# The offline demo: scikit-learn's real 8x8 digits, 100 training images, three models, about 3 minutes of
-# training each on 2 CPU cores (batch 64: 1200 iterations = 76.8 kimg = 768 epochs), a snapshot every
-# 16 kimg (160 epochs) evaluated with 128 samples. An 8x8 SongUNet of about 1M parameters (32 channels,
-# [1, 2] multipliers, 2 blocks, attention at 4x4) without learning-rate ramp-up: EDM's 10 Mimg ramp-up
-# would keep the rate near zero for such a short run.
+# The offline demo: scikit-learn's real 8x8 digits, 100 training images; EDM and the ambient method at
+# sigma_tn=0.5 with the uniform split (--ambient_split=uniform, the paper's Algorithm 1: a fair coin per item
+# picks the clean or the noisy regime, see docs/ambient.md), three training seeds each, two models at a time on 2 CPU cores. A small
+# 8x8 SongUNet (16 channels, [1, 2] multipliers, 2 blocks, attention at 4x4) without learning-rate ramp-up
+# (EDM's 10 Mimg ramp-up would keep the rate near zero for such a short run), 1800 iterations at batch 64
+# (115 kimg, 1152 epochs), snapshots at 56 kimg and at the end, each evaluated with 2048 samples. The settings come from
+# the search recorded in docs/results.md: at this length EDM has started copying, the ambient models much less.
 PRESETS = {
     'demo': dict(
-        source='digits', subset=100, data_seed=0, sigma_tn=(0.0, 0.5, 1.0), every=1, samples=128, steps=18,
-        train_opts=('--arch=ddpmpp', '--precond=edm', '--cbase=32', '--cres=1,2', '--blocks=2', '--attn=4',
-                    '--dropout=0', '--augment=0', '--batch=64', '--lr=1e-3', '--lr_rampup=0', '--iters=1200',
-                    '--tick=4', '--snap=4', '--dump=8'),
+        source='digits', subset=100, data_seed=0, sigma_tn=(0.0, 0.5), seeds=(0, 1, 2), every=1, samples=2048,
+        steps=18, gen_batch=512, jobs=2, ambient_opts=('--ambient_split=uniform',),
+        train_opts=('--arch=ddpmpp', '--precond=edm', '--cbase=16', '--cres=1,2', '--blocks=2', '--attn=4',
+                    '--dropout=0', '--augment=0', '--batch=64', '--lr=1e-3', '--lr_rampup=0', '--iters=1800',
+                    '--tick=8', '--snap=7', '--dump=7'),
     ),
 }
 
@@ -92,18 +98,22 @@ def run_sweep(cfg, tools=None, dry_run=False):
         if not dry_run:
             baseline = read_json(os.path.join(base_dir, 'metrics.json'))
 
-    jobs = [(sigma_tn, seed) for sigma_tn, seed in itertools.product(cfg.sigma_tn, cfg.seeds)]
+    jobs = [(method, seed) for method, seed in itertools.product(cfg.methods, cfg.seeds)]
+    failed = threading.Event() # After a failure no further model starts; those running finish, then it is raised.
+
+    def stages(method, seed):
+        if failed.is_set():
+            return None
+        try:
+            return model_stages(cfg, tools, run, data, heldout, num_train, method, seed)
+        except BaseException:
+            failed.set()
+            raise
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(cfg.jobs, len(jobs)))) as pool:
-        futures = [pool.submit(model_stages, cfg, tools, run, data, heldout, num_train, s, seed) for s, seed in jobs]
-        # Results in plan order; a failure cancels the models not yet started, and is raised once the others end.
-        results = []
-        for future in futures:
-            try:
-                results.append(future.result())
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        futures = [pool.submit(stages, s, seed) for s, seed in jobs]
+        concurrent.futures.wait(futures)
+    results = [f.result() for f in futures] # Raises the first failure, in plan order.
     rows, finals = [], {}
     for (sigma_tn, seed), (model_rows, model_notes, final) in zip(jobs, results):
         rows += model_rows
@@ -121,7 +131,8 @@ def run_sweep(cfg, tools=None, dry_run=False):
     front = [ok[i] for i in pareto.pareto_front([rows[i]['fd'] for i in ok], [rows[i]['ratio_fraction'] for i in ok])]
     summary = dict(data=dict(train=rel_path(cfg, data.train) if data.train.startswith(cfg.outdir) else data.train,
                              heldout=data.heldout, num_train=num_train),
-                   sigma_tn=[float(s) for s in cfg.sigma_tn], train_opts=list(cfg.train_opts), samples=cfg.samples,
+                   sigma_tn=[float(s) for s in cfg.sigma_tn], methods=list(cfg.methods), train_opts=list(cfg.train_opts),
+                   ambient_opts=list(cfg.ambient_opts), thresholds_preset=cfg.thresholds_preset, samples=cfg.samples,
                    steps=cfg.steps, detector=cfg.detector, quality_metric=label, baseline=baseline,
                    rows=rows, pareto_front=front, figures=figures, notes=notes, seconds=time.time() - start)
     write_results(cfg, summary)
@@ -165,14 +176,23 @@ def make_config(outdir, preset=None, **options):
             raise dnnlib.util.UserError(f'Unknown preset {preset!r}; choose {"|".join(PRESETS)}')
         cfg.update(PRESETS[preset])
     extra_opts = tuple(options.pop('train_opts', None) or ())
+    cfg.ambient_opts = tuple(cfg.ambient_opts) + tuple(options.pop('ambient_opts', None) or ())
     cfg.update({k: v for k, v in options.items() if v is not None})
     cfg.train_opts = tuple(cfg.train_opts) + extra_opts # Later options win in train.py's parser.
     cfg.outdir = os.path.abspath(outdir)
+    if options.get('methods') is not None and options.get('sigma_tn') is not None:
+        raise dnnlib.util.UserError('Give --methods or its shorthand --sigma_tn, not both')
     if isinstance(cfg.sigma_tn, str):
         cfg.sigma_tn = parse_float_list(cfg.sigma_tn)
+    # The models: --methods, else --sigma_tn as its shorthand (0 -> edm, x -> ambient:x).
+    cfg.methods = sweep_methods.parse_list(cfg.methods) if cfg.methods is not None else \
+        tuple(sweep_methods.parse(s) for s in cfg.sigma_tn)
+    if options.get('methods') is not None:
+        cfg.sigma_tn = tuple(sweep_methods.param(m) for m in cfg.methods if sweep_methods.family(m) in ('edm', 'ambient'))
+    cfg.thresholds_preset = ambient_thresholds.resolve(cfg.thresholds_preset, [cfg.source, cfg.data, cfg.heldout])[0]
     if isinstance(cfg.seeds, (str, int)):
         cfg.seeds = parse_seeds(cfg.seeds)
-    check_train_opts(cfg.train_opts)
+    check_train_opts(cfg.train_opts + cfg.ambient_opts)
     for key in ('data', 'heldout'):
         if cfg[key] is not None:
             cfg[key] = os.path.abspath(cfg[key])
@@ -203,6 +223,8 @@ def make_config(outdir, preset=None, **options):
 @click.option('--data', help='An existing training zip instead of --source', metavar='ZIP', type=str)
 @click.option('--heldout', help='Labelled held-out real images for the quality metric (with --data)', metavar='ZIP', type=str)
 @click.option('--sigma_tn', help='Comma-separated sigma_tn values; 0 = EDM  [default: 0,0.5,1]', metavar='LIST', type=str)
+@click.option('--methods', help='Comma-separated models: edm, ambient:SIGMA_TN, masking:MASK_P, noisy_only:SIGMA_TN  [default: from --sigma_tn]', metavar='LIST', type=str)
+@click.option('--thresholds-preset', 'thresholds_preset', help='Memorization thresholds: the paper\'s for cifar10 / imagenet / ffhq, all five, or auto (from the data set name)  [default: auto]', type=click.Choice(ambient_thresholds.CHOICES))
 @click.option('--every', help='Evaluate every k-th snapshot back from the final one; 0 = final only  [default: 0]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--samples', help='Samples per evaluated snapshot  [default: 128]', metavar='INT', type=int)
 @click.option('--steps', help='Sampler steps  [default: 18]', metavar='INT', type=click.IntRange(min=1))
@@ -210,6 +232,7 @@ def make_config(outdir, preset=None, **options):
 @click.option('--detector', help='Memorization feature space  [default: pixel]', type=click.Choice(['pixel', 'dinov2', 'inception']))
 @click.option('--gpus', help='Launch stages with torchrun on this many GPUs', metavar='INT', type=click.IntRange(min=1))
 @click.option('--download', help='Allow downloading FID / FD_DINOv2 detector weights', is_flag=True, default=None)
+@click.option('--ambient-opt', 'ambient_opts', help='Extra train.py option for the ambient models only (repeatable), e.g. --ambient_split=uniform', metavar='OPT', multiple=True)
 @click.option('--train-opt', 'train_opts', help='Extra train.py option (repeatable); also: anything after --', metavar='OPT', multiple=True)
 @click.option('--jobs', help='Models trained and evaluated at once (CPU threads are shared out)  [default: 1]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--dry-run', help='Print the commands instead of running them', is_flag=True)

@@ -3,7 +3,7 @@
 import os
 
 import dnnlib
-from ambient import pareto, sweep_summary
+from ambient import pareto, sweep_methods, sweep_summary
 from ambient.sweep_stages import fmt_number, write_json
 
 #----------------------------------------------------------------------------
@@ -34,8 +34,19 @@ def _spread(v, digits=2):
 
 
 def model_label(sigma_tn):
-    """'EDM (sigma_tn=0)' or 'ambient sigma_tn=0.5'."""
-    return 'EDM (sigma_tn=0)' if sigma_tn == 0 else f'ambient sigma_tn={fmt_number(sigma_tn)}'
+    """'EDM (sigma_tn=0)', 'ambient sigma_tn=0.5', 'masking p=0.2', 'noisy-only sigma_tn=0.5' (a spec, a number or a
+    plot group key (order, spec))."""
+    if isinstance(sigma_tn, tuple):
+        sigma_tn = sigma_tn[-1]
+    return sweep_methods.label(sigma_tn)
+
+
+def _model_cell(r):
+    """sweep.md's first column: '0 (EDM)', '0.5' for ambient, the label for the baselines."""
+    spec = sweep_methods.of_row(r)
+    if sweep_methods.family(spec) in ('edm', 'ambient'):
+        return fmt_number(sweep_methods.param(spec)) + (' (EDM)' if spec == 'edm' else '')
+    return sweep_methods.label(spec)
 
 #----------------------------------------------------------------------------
 # Tables.
@@ -46,7 +57,7 @@ def markdown_table(rows, quality_label, thresholds):
             *[f'sim > {t}' for t in thresholds], 'mean top-1 sim']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
-        cells = [fmt_number(r['sigma_tn']) + (' (EDM)' if r['sigma_tn'] == 0 else ''), str(r.get('seed', 0)),
+        cells = [_model_cell(r), str(r.get('seed', 0)),
                  f'{r["kimg"]:.1f}', '-' if r['iters'] is None else str(r['iters']), _num(r['epochs'], 0),
                  _num(r['fd']), _pct(r['ratio_fraction']), *[_pct(r['fraction_above'].get(t)) for t in thresholds],
                  _num(r['similarity_mean'], 3)]
@@ -55,13 +66,14 @@ def markdown_table(rows, quality_label, thresholds):
 
 
 def group_table(groups, quality_label, thresholds):
-    """Means over training seeds with 95% intervals: one line per (sigma_tn, snapshot)."""
+    """Means over training seeds with 95% intervals: one line per (method, snapshot); the paper's Table 2 columns
+    (quality, fraction above each similarity threshold, mean top-1 similarity) plus the ratio criterion."""
     head = ['model', 'seeds', 'epochs', f'{quality_label or "quality"} mean (range)', 'memorized (ratio < 1/3)',
-            *[f'sim > {t}' for t in thresholds]]
+            *[f'sim > {t}' for t in thresholds], 'mean top-1 sim']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for g in groups:
-        cells = [model_label(g['sigma_tn']), str(len(g['seeds'])), _num(g['epochs'], 0), _spread(g['fd']),
-                 _ci(g['ratio']), *[_ci(g['above'].get(t)) for t in thresholds]]
+        cells = [model_label(sweep_methods.of_row(g)), str(len(g['seeds'])), _num(g['epochs'], 0), _spread(g['fd']),
+                 _ci(g['ratio']), *[_ci(g['above'].get(t)) for t in thresholds], _spread(g.get('similarity_mean'), 3)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -72,7 +84,8 @@ def _flat(groups):
     """Aggregated groups as flat rows for the plotting helpers."""
     out = []
     for g in groups:
-        out.append(dict(sigma_tn=g['sigma_tn'], kimg=g['kimg'], epochs=g['epochs'], fd=g['fd']['mean'],
+        spec = sweep_methods.of_row(g)
+        out.append(dict(sigma_tn=g['sigma_tn'], model=(*sweep_methods.order(spec), spec), kimg=g['kimg'], epochs=g['epochs'], fd=g['fd']['mean'],
                         fd_lo=g['fd']['min'], fd_hi=g['fd']['max'], ratio=g['ratio']['mean'],
                         ratio_lo=g['ratio']['lo'], ratio_hi=g['ratio']['hi'],
                         similarity_mean=g['similarity_mean']['mean']))
@@ -81,23 +94,39 @@ def _flat(groups):
 
 def write_plots(cfg, summary, groups):
     """pareto.png (quality vs copies, error bars) and curves.png (metrics along training, interval bands)."""
+    plot_pareto_png(summary, groups, os.path.join(cfg.outdir, 'pareto.png'))
+    plot_curves_png(summary, groups, os.path.join(cfg.outdir, 'curves.png'))
+
+
+def plot_pareto_png(summary, groups, path):
+    """Quality vs memorized fraction of every model along training (a marker per method family); False without quality."""
     flat, label = _flat(groups), summary['quality_metric']
     with_fd = [r for r in flat if r['fd'] is not None]
-    if with_fd:
-        pareto.plot_pareto(with_fd, os.path.join(cfg.outdir, 'pareto.png'), 'fd', 'ratio',
-                           x_label=f'{label} (lower is better; bars: range over seeds)',
-                           y_label='memorized fraction (L2 ratio < 1/3; bars: 95% CI)', group_label=model_label,
-                           title='Quality vs memorization along training', x_err=('fd_lo', 'fd_hi'),
-                           y_err=('ratio_lo', 'ratio_hi'))
+    if not with_fd:
+        return False
+    pareto.plot_pareto(with_fd, path, 'fd', 'ratio',
+                       x_label=f'{label} (lower is better; bars: range over seeds)',
+                       y_label='memorized fraction (L2 ratio < 1/3; bars: 95% CI)', group_label=model_label,
+                       title='Quality vs memorization along training', x_err=('fd_lo', 'fd_hi'),
+                       y_err=('ratio_lo', 'ratio_hi'), group_key='model',
+                       group_marker=lambda g: sweep_methods.MARKERS[sweep_methods.family(g[-1])])
+    return True
+
+
+def plot_curves_png(summary, groups, path):
+    """Memorized fraction, mean top-1 similarity (and quality) against epochs, one line per model; False when empty."""
+    flat, label = _flat(groups), summary['quality_metric']
     specs = [('ratio', 'memorized fraction (ratio < 1/3)'), ('similarity_mean', 'mean top-1 similarity')]
-    if with_fd:
+    if any(r['fd'] is not None for r in flat):
         specs.append(('fd', label))
-    if flat:
-        base = summary.get('baseline') or {}
-        base = dict(ratio=base.get('ratio_fraction'), similarity_mean=base.get('similarity_mean'))
-        pareto.plot_curves(flat, os.path.join(cfg.outdir, 'curves.png'), 'epochs', specs, x_label='epochs',
-                           group_label=model_label, baselines=base, baseline_label='held-out real images',
-                           bands=dict(ratio=('ratio_lo', 'ratio_hi'), fd=('fd_lo', 'fd_hi')))
+    if not flat:
+        return False
+    base = summary.get('baseline') or {}
+    base = dict(ratio=base.get('ratio_fraction'), similarity_mean=base.get('similarity_mean'))
+    pareto.plot_curves(flat, path, 'epochs', specs, x_label='epochs', group_label=model_label, group_key='model',
+                       baselines=base, baseline_label='held-out real images',
+                       bands=dict(ratio=('ratio_lo', 'ratio_hi'), fd=('fd_lo', 'fd_hi')))
+    return True
 
 #----------------------------------------------------------------------------
 # Files.
@@ -118,6 +147,12 @@ def write_results(cfg, summary):
     dnnlib.util.atomic_write_bytes(os.path.join(cfg.outdir, 'report.md'), report_text(cfg, summary).encode())
 
 
+def thresholds_of(summary):
+    """The similarity thresholds the rows were measured at, as strings."""
+    rows = summary.get('rows') or []
+    return list(rows[0]['fraction_above']) if rows else []
+
+
 def headline_lines(summary):
     """The report's first paragraph: how much less the best ambient setting copies than EDM, at what quality cost."""
     h, label = summary.get('headline'), summary['quality_metric'] or 'quality'
@@ -125,8 +160,8 @@ def headline_lines(summary):
         return ['No comparison: the sweep needs EDM (sigma_tn=0) and at least one ambient setting with copies '
                 'measured at their final snapshots.']
     groups = sweep_summary.finals(summary['groups'])
-    b, edm = h['best'], groups[0.0]
-    amb = groups[b['sigma_tn']]
+    b, edm = h['best'], groups['edm']
+    amb = groups[b['method']]
     r = b['ratio']
     cost = '-' if b['fd_change'] is None else f'{100 * b["fd_change"]:+.1f}%'
     verdict = ('meets' if b['meets_target'] else 'does NOT meet')
@@ -144,8 +179,8 @@ def headline_lines(summary):
              '; '.join(f'> {t}: ' + ('-' if v['mean'] is None else
                                       f'{_pct(v["mean"])} [{100 * v["lo"]:.0f}%, {100 * v["hi"]:.0f}%]')
                        for t, v in b['above'].items()) + '.', '',
-             'Every ambient setting against EDM (final snapshots): ' + '; '.join(
-                 f'sigma_tn={fmt_number(c["sigma_tn"])}: {_pct(c["ratio"]["mean"])} fewer copies, {label} '
+             'Every other model against EDM (final snapshots): ' + '; '.join(
+                 f'{model_label(c["method"])}: {_pct(c["ratio"]["mean"])} fewer copies, {label} '
                  + ('-' if c['fd_change'] is None else f'{100 * c["fd_change"]:+.1f}%') for c in h['comparisons']) + '.']
     return lines
 
@@ -157,7 +192,9 @@ def _method_lines(cfg, summary):
              'memorized when its L2 distance (pixel space) to the nearest training image is less than 1/3 of its '
              'distance to the second-nearest (the ratio criterion); also reported: the fraction of samples whose '
              f'top-1 cosine similarity ({cfg.detector} features) to the training set exceeds each threshold, and the '
-             'mean top-1 similarity.' + ('' if cfg.detector == 'dinov2' else ' The thresholds are the paper\'s, '
+             'mean top-1 similarity.' + (f' Similarity thresholds: {", ".join(thresholds_of(summary))} (preset '
+             f'`{cfg.get("thresholds_preset") or "all"}`: the paper uses 0.9/0.925/0.95 for CIFAR-10 and ImageNet, '
+             '0.85/0.875/0.9 for FFHQ).') + ('' if cfg.detector == 'dinov2' else ' The thresholds are the paper\'s, '
              f'which it applies to DINOv2 features; on {cfg.detector} features these fractions are not comparable '
              'with the paper\'s.'),
              '- Intervals: 95%. With one training seed, the Wilson interval over its samples; with several, a '
@@ -187,17 +224,19 @@ def report_text(cfg, summary):
     seeds = sorted({r.get('seed', 0) for r in rows})
     lines = ['# Report', '', *headline_lines(summary), '',
              f'Training data: `{summary["data"]["train"]}` ({summary["data"]["num_train"]} images). '
-             f'Models: sigma_tn in {{{", ".join(fmt_number(s) for s in summary["sigma_tn"])}}} (0 = EDM baseline, '
-             'trained with `--loss=edm`; others with `--loss=ambient`), train.py options '
-             f'`{" ".join(summary["train_opts"])}`, training seeds {seeds} (an ambient model\'s noisy copies are '
-             'drawn with its training seed).', '',
+             f'Models: {", ".join(model_label(m) for m in summary.get("methods") or summary["sigma_tn"])} (EDM '
+             'trained with `--loss=edm`, ambient models with `--loss=ambient`, the baselines with `--loss=masking` / '
+             '`--loss=noisy_only`), train.py options '
+             f'`{" ".join(summary["train_opts"])}`' + (f', ambient models also `{" ".join(summary["ambient_opts"])}`'
+                                                         if summary.get('ambient_opts') else '') +
+             f', training seeds {seeds} (an ambient model\'s noisy copies are drawn with its training seed).', '',
              f'Each evaluated snapshot: {cfg.samples} samples from the EMA weights (seeds 0-{cfg.samples - 1}, '
              f'{cfg.steps}-step Heun sampler, generate.py), the same seeds for every snapshot.', '',
              '## Final snapshots', '', group_table(list(sweep_summary.finals(groups).values()), label, thresholds), '',
              '## Along training', '', group_table(groups, label, thresholds), '', *_method_lines(cfg, summary)]
     front = summary.get('pareto_front', [])
     if front:
-        pts = ', '.join(f'sigma_tn={fmt_number(rows[i]["sigma_tn"])} seed {rows[i].get("seed", 0)} at '
+        pts = ', '.join(f'{model_label(sweep_methods.of_row(rows[i]))} seed {rows[i].get("seed", 0)} at '
                         f'{rows[i]["epochs"]:.0f} epochs ({label} {rows[i]["fd"]:.2f}, {_pct(rows[i]["ratio_fraction"])})'
                         for i in front)
         lines += ['', f'Pareto frontier over all evaluated snapshots of all seeds (minimising both {label} and the '
@@ -206,8 +245,8 @@ def report_text(cfg, summary):
               'fraction, one line per sigma_tn along training, seed means with error bars, dashed: Pareto frontier), '
               '`curves.png` (metrics vs epochs, 95% bands). Samples and their nearest training images of the final '
               'snapshots (first seed):', '']
-    for s in sorted({r['sigma_tn'] for r in rows}):
-        first = [r for r in rows if r['sigma_tn'] == s and r.get('seed', 0) == seeds[0]]
+    for s in sorted({sweep_methods.of_row(r) for r in rows}, key=sweep_methods.order):
+        first = [r for r in rows if sweep_methods.of_row(r) == s and r.get('seed', 0) == seeds[0]]
         if first:
             r = max(first, key=lambda r: r['kimg'])
             lines.append(f'- {model_label(s)}: samples `{r["grid"]}`, nearest neighbours `{r["nearest"]}`')

@@ -20,6 +20,7 @@ import time
 import dnnlib
 from ambient import heldout as heldout_lib
 from ambient import quality
+from ambient import sweep_methods
 from torch_utils import lifetime
 from training import checkpoint
 from training.dataset import load_images, read_dataset_json, write_image_zip
@@ -58,7 +59,7 @@ def _opt_name(arg):
     return m.group(1).replace('-', '_') if m else None
 
 # Options of train.py that the sweep sets itself for every run.
-MANAGED_TRAIN_OPTS = ('outdir', 'data', 'loss', 'sigma_tn', 'resume', 'nosubdir', 'seed', 'noise_seed')
+MANAGED_TRAIN_OPTS = ('outdir', 'data', 'loss', 'sigma_tn', 'resume', 'nosubdir', 'seed', 'noise_seed', 'mask_p', 'mask_seed')
 
 
 def check_train_opts(opts):
@@ -165,8 +166,18 @@ def prepare_data(cfg, tools, run):
 # Training.
 
 def model_name(sigma_tn, seed):
-    """Folder name of one trained model: sigma_tn-X/seed-S."""
-    return os.path.join(f'sigma_tn-{fmt_number(sigma_tn)}', f'seed-{seed}')
+    """Folder name of one trained model: sigma_tn-X/seed-S (EDM, ambient), masking-P/seed-S, noisy_only-X/seed-S.
+
+    sigma_tn: a method spec (ambient/sweep_methods.py) or a number (0 = EDM, else ambient), as everywhere below.
+    """
+    return os.path.join(sweep_methods.folder(sigma_tn), f'seed-{seed}')
+
+
+def stage_label(sigma_tn):
+    """'sigma_tn=X' for EDM and ambient models, the spec otherwise (in stage names)."""
+    if sweep_methods.family(sigma_tn) in ('edm', 'ambient'):
+        return f'sigma_tn={fmt_number(sweep_methods.param(sigma_tn))}'
+    return sweep_methods.parse(sigma_tn)
 
 def run_dir(cfg, sigma_tn, seed):
     """Training run directory of one (sigma_tn, training seed)."""
@@ -178,7 +189,7 @@ def train_argv(cfg, data_path, sigma_tn, seed, outdir):
     An ambient model's noisy copies are drawn with its training seed, so that repeating a setting over seeds
     also repeats the one random draw the method adds.
     """
-    loss = ['--loss=edm'] if sigma_tn == 0 else ['--loss=ambient', f'--sigma_tn={fmt_number(sigma_tn)}', f'--noise_seed={seed}']
+    loss = sweep_methods.loss_args(sigma_tn, seed, cfg.ambient_opts)
     return [f'--outdir={outdir}', f'--data={data_path}', '--nosubdir', *loss, f'--seed={seed}', *cfg.train_opts]
 
 def train_model(cfg, tools, run, data_path, sigma_tn, seed):
@@ -194,7 +205,7 @@ def train_model(cfg, tools, run, data_path, sigma_tn, seed):
     state = checkpoint.latest_training_state(outdir)
     resume = [f'--resume={state}'] if state else []
     start = time.time()
-    run(tools['train'] + argv + resume, f'train sigma_tn={fmt_number(sigma_tn)} seed={seed}')
+    run(tools['train'] + argv + resume, f'train {stage_label(sigma_tn)} seed={seed}')
     if not run.dry_run:
         write_json(done_path, dict(argv=argv, resumed_from=state, seconds=time.time() - start))
 
@@ -281,8 +292,9 @@ def measure_memorization(cfg, tools, run, images, train_path, dest, reference=No
     if os.path.isdir(dest):
         shutil.rmtree(dest) # No metrics.json: an interrupted earlier attempt.
     ref = [f'--reference={reference}'] if reference else []
+    preset = [f'--thresholds-preset={cfg.thresholds_preset}'] if cfg.get('thresholds_preset') else []
     with run.output(dest) as tmp:
-        run(tools['memorization'] + [f'--images={images}', f'--data={train_path}', f'--detector={cfg.detector}',
+        run(tools['memorization'] + [f'--images={images}', f'--data={train_path}', f'--detector={cfg.detector}', *preset,
                                      f'--dest={tmp}', f'--cache-dir={os.path.join(cfg.outdir, "cache")}', *ref],
             'memorization')
 
@@ -293,21 +305,24 @@ def make_figures(cfg, tools, run, data_path, finals):
     """
     folder = os.path.join(cfg.outdir, 'figures')
     run.mkdir(folder)
-    nets = [f'--network={finals[s]}' for s in sorted(finals)]
-    labels = [f'--label={"EDM" if s == 0 else f"sigma_tn={fmt_number(s)}"}' for s in sorted(finals)]
+    finals = {sweep_methods.parse(s): path for s, path in finals.items()}
+    specs = sorted(finals, key=sweep_methods.order)
+    nets = [f'--network={finals[s]}' for s in specs]
+    labels = [f'--label={sweep_methods.short_label(s)}' for s in specs]
     out = {}
     dest = os.path.join(folder, 'denoise.png')
     if not os.path.isfile(dest):
         with run.output(dest, suffix='.png') as tmp:
             run(tools['figures'] + ['denoise', *nets, *labels, f'--data={data_path}', f'--dest={tmp}'], 'figures')
     out['denoise'] = dest
-    for s in sorted(finals):
-        if s == 0 or 0.0 not in finals:
+    for spec in specs:
+        if sweep_methods.family(spec) != 'ambient' or 'edm' not in finals:
             continue
+        s = sweep_methods.param(spec)
         dest = os.path.join(folder, f'trajectory-sigma_tn-{fmt_number(s)}.png')
         if not os.path.isfile(dest):
             with run.output(dest, suffix='.png') as tmp:
-                run(tools['figures'] + ['trajectory', f'--network={finals[0.0]}', f'--network={finals[s]}', '--label=EDM',
+                run(tools['figures'] + ['trajectory', f'--network={finals["edm"]}', f'--network={finals[spec]}', '--label=EDM',
                                         f'--label=sigma_tn={fmt_number(s)}', f'--data={data_path}',
                                         f'--sigma_tn={fmt_number(s)}', f'--noise_seed={cfg.seeds[0]}',
                                         f'--samples={min(cfg.samples, 512)}', f'--steps={cfg.steps}', f'--dest={tmp}'],
@@ -338,7 +353,8 @@ def collect_row(cfg, sigma_tn, seed, kimg, num_train, quality_name):
     """One table row (dict) of a fully evaluated snapshot of one training seed."""
     folder = eval_dir(cfg, sigma_tn, seed, kimg)
     mem = read_json(os.path.join(folder, 'memorization', 'metrics.json'))
-    row = dict(sigma_tn=float(sigma_tn), seed=int(seed), loss='edm' if sigma_tn == 0 else 'ambient',
+    spec = sweep_methods.parse(sigma_tn)
+    row = dict(sigma_tn=sweep_methods.sigma_tn(spec), method=spec, seed=int(seed), loss=sweep_methods.family(spec),
                **snapshot_progress(run_dir(cfg, sigma_tn, seed), kimg, num_train),
                ratio_fraction=mem['ratio_fraction'], fraction_above=mem['fraction_above'],
                similarity_mean=mem['similarity_mean'], num_samples=mem['num_samples'],

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ambient import stats
+from ambient import stats, sweep_methods
 from ambient.memorization import RATIO_THRESHOLD
 
 # The issue's bar for "the method copies clearly less at equal quality" (relative, final snapshots).
@@ -23,19 +23,20 @@ def sample_flags(outdir, row):
 
 
 def _group_key(row):
-    return (row['sigma_tn'], round(row['kimg'], 3))
+    return (sweep_methods.order(sweep_methods.of_row(row)), round(row['kimg'], 3))
 
 
 def aggregate(outdir, rows, seed=0):
-    """One entry per (sigma_tn, snapshot) over its training seeds: fractions with intervals, FD mean and spread."""
+    """One entry per (method, snapshot) over its training seeds: fractions with intervals, FD mean and spread."""
     groups = {}
     for row in rows:
         groups.setdefault(_group_key(row), []).append(row)
     out = []
-    for (sigma_tn, _kimg), members in sorted(groups.items()):
+    for _key, members in sorted(groups.items()):
         flags = [sample_flags(outdir, r) for r in members]
         thresholds = list(members[0]['fraction_above'])
-        entry = dict(sigma_tn=sigma_tn, kimg=members[0]['kimg'], epochs=members[0]['epochs'],
+        spec = sweep_methods.of_row(members[0])
+        entry = dict(sigma_tn=members[0]['sigma_tn'], method=spec, kimg=members[0]['kimg'], epochs=members[0]['epochs'],
                      iters=members[0]['iters'], seeds=[r['seed'] for r in members],
                      num_samples=int(sum(len(f['ratio']) for f in flags)),
                      ratio=stats.fraction_interval([f['ratio'] < RATIO_THRESHOLD for f in flags], seed=seed),
@@ -48,12 +49,13 @@ def aggregate(outdir, rows, seed=0):
 
 
 def finals(groups):
-    """The last evaluated snapshot of each sigma_tn, by sigma_tn."""
+    """The last evaluated snapshot of each method, by method spec ('edm', 'ambient:0.5', ...), in sweep order."""
     last = {}
     for g in groups:
-        if g['sigma_tn'] not in last or g['kimg'] > last[g['sigma_tn']]['kimg']:
-            last[g['sigma_tn']] = g
-    return dict(sorted(last.items()))
+        spec = sweep_methods.of_row(g)
+        if spec not in last or g['kimg'] > last[spec]['kimg']:
+            last[spec] = g
+    return dict(sorted(last.items(), key=lambda kv: sweep_methods.order(kv[0])))
 
 
 def _overlap(a, b):
@@ -62,9 +64,9 @@ def _overlap(a, b):
 
 def compare(outdir, rows, base, new, seed=0):
     """How much less `new` copies than `base` (two aggregated final snapshots), and at what quality cost."""
-    pick = lambda g: [sample_flags(outdir, r) for r in rows if _group_key(r) == (g['sigma_tn'], round(g['kimg'], 3))]
+    pick = lambda g: [sample_flags(outdir, r) for r in rows if _group_key(r) == _group_key(g)]
     fb, fn = pick(base), pick(new)
-    out = dict(sigma_tn=new['sigma_tn'], kimg=new['kimg'],
+    out = dict(sigma_tn=new['sigma_tn'], method=sweep_methods.of_row(new), kimg=new['kimg'],
                ratio=stats.reduction_interval([f['ratio'] < RATIO_THRESHOLD for f in fb],
                                               [f['ratio'] < RATIO_THRESHOLD for f in fn], seed=seed),
                ratio_separated=not _overlap(base['ratio'], new['ratio']),
@@ -80,20 +82,22 @@ def compare(outdir, rows, base, new, seed=0):
 
 
 def headline(outdir, rows, groups, seed=0):
-    """EDM against every ambient setting (final snapshots), and the best one: the largest copy reduction among
-    the settings within the quality budget (or, when none is, the one closest to EDM's quality)."""
+    """EDM against every other method (final snapshots), and the best ambient setting: the largest copy reduction
+    among the ambient settings within the quality budget (or, when none is, the one closest to EDM's quality).
+    The baselines (masking, noisy-only) are compared too but never chosen as the best ambient setting."""
     last = finals(groups)
-    if 0.0 not in last or len(last) < 2:
+    if 'edm' not in last or len(last) < 2:
         return None
-    comparisons = [compare(outdir, rows, last[0.0], g, seed=seed) for s, g in last.items() if s != 0.0]
+    comparisons = [compare(outdir, rows, last['edm'], g, seed=seed) for s, g in last.items() if s != 'edm']
     comparisons = [c for c in comparisons if c['ratio']['mean'] is not None]
-    if not comparisons:
-        return dict(comparisons=[], best=None)
-    within = [c for c in comparisons if c['fd_change'] is not None and c['fd_change'] <= TARGET_QUALITY_COST]
+    ambient = [c for c in comparisons if sweep_methods.family(c['method']) == 'ambient']
+    if not ambient:
+        return dict(comparisons=comparisons, best=None)
+    within = [c for c in ambient if c['fd_change'] is not None and c['fd_change'] <= TARGET_QUALITY_COST]
     if within:
         best = max(within, key=lambda c: c['ratio']['mean'])
     else:
-        best = min(comparisons, key=lambda c: float('inf') if c['fd_change'] is None else c['fd_change'])
+        best = min(ambient, key=lambda c: float('inf') if c['fd_change'] is None else c['fd_change'])
     return dict(comparisons=comparisons, best=best)
 
 #----------------------------------------------------------------------------

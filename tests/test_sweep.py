@@ -237,8 +237,9 @@ def test_dry_run_prints_commands_and_runs_nothing(fake, capsys):
 
 def test_config_presets_and_validation(tmp_path):
     cfg = sweep.make_config(str(tmp_path), preset='demo', samples=16, train_opts=('--iters=10',))
-    assert cfg.source == 'digits' and cfg.subset == 100 and cfg.samples == 16 and cfg.sigma_tn == (0, 0.5, 1)
-    assert cfg.train_opts[-1] == '--iters=10' and '--iters=1200' in cfg.train_opts # The later option wins.
+    assert cfg.source == 'digits' and cfg.subset == 100 and cfg.samples == 16 and cfg.sigma_tn == (0, 0.5)
+    assert cfg.seeds == (0, 1, 2) and cfg.ambient_opts == ('--ambient_split=uniform',)
+    assert cfg.train_opts[-1] == '--iters=10' and '--iters=1800' in cfg.train_opts # The later option wins.
     assert sweep.make_config(str(tmp_path), source='digits', subset=5, sigma_tn='0,0.25').sigma_tn == (0, 0.25)
     for bad, match in [(dict(train_opts=('--sigma_tn=1',)), 'set by the sweep'), (dict(sigma_tn='0,x'), 'parse'),
                        (dict(sigma_tn='-1'), '>= 0'), (dict(source='digits'), '--subset'),

@@ -163,7 +163,8 @@ def save_snapshot(t, run_dir, cur_nimg, dataset_kwargs):
     path = snapshot_path(run_dir, cur_nimg) if run_dir is not None else None
     if dist.get_rank() == 0:
         _save_file(path, lambda f: pickle.dump(data, f))
-        snapshot.save_network_safetensors(data['ema'], path[:-len('.pkl')] + '.safetensors')
+        if getattr(data['ema'], 'safetensors_twin', True): # e.g. ambient's masked wrapper has no training.networks twin
+            snapshot.save_network_safetensors(data['ema'], path[:-len('.pkl')] + '.safetensors')
     return path
 
 def save_training_state(t, run_dir, cur_nimg, cur_tick, seed, compared_kwargs, last_snapshot):
