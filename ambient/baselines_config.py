@@ -3,10 +3,10 @@
 import math
 
 import numpy as np
-import torch
 
 import dnnlib
 from ambient import augment_policy
+from ambient.dataset import WrappedDataset, check_seed
 
 EDM_PRECOND = 'training.networks.EDMPrecond'
 MASK_DATASET = 'ambient.baselines_config.FixedMaskDataset'
@@ -28,52 +28,30 @@ def fixed_mask(mask_seed, raw_idx, resolution, p):
     return (rng.random(size=(1, int(resolution), int(resolution))) >= p).astype(np.float32)
 
 
-class FixedMaskDataset(torch.utils.data.Dataset):
-    """Wraps a training.dataset.Dataset; items are (image, label, dict(mask=A)) with A fixed per raw image.
+class FixedMaskDataset(WrappedDataset):
+    """Items are (image, label, dict(mask=A)) with A fixed per raw image.
 
     The image itself is passed whole (uint8, as the trainer expects); the loss multiplies it by A before anything
     else. An x-flipped item carries the flipped mask.
     """
 
-    def __init__(self, dataset=None, mask_p=None, mask_seed=0, inner_class_name='training.dataset.ImageFolderDataset',
-                 **inner_kwargs):
+    def __init__(self, dataset=None, mask_p=None, mask_seed=0, **kwargs):
         if mask_p is None or not np.isfinite(mask_p) or not 0 <= mask_p < 1:
             raise dnnlib.util.UserError(f'mask_p must be a probability in [0, 1), got {mask_p}')
-        if int(mask_seed) != mask_seed or mask_seed < 0:
-            raise dnnlib.util.UserError(f'mask_seed must be a non-negative integer, got {mask_seed}')
-        if isinstance(dataset, torch.utils.data.Dataset):
-            self._inner = dataset
-        elif dataset is not None:
-            self._inner = dnnlib.util.construct_class_by_name(**dict(dataset, **inner_kwargs))
-        else:
-            self._inner = dnnlib.util.construct_class_by_name(class_name=inner_class_name, **inner_kwargs)
+        check_seed(mask_seed, 'mask_seed')
+        super().__init__(dataset, **kwargs)
         self.mask_p = float(mask_p)
         self.mask_seed = int(mask_seed)
 
-    def __getattr__(self, name):
-        if name.startswith('_'):
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-    @property
-    def inner(self):
-        return self._inner
-
-    def __len__(self):
-        return len(self._inner)
+    def extras(self, idx):
+        """dict(mask=A) of item idx."""
+        return dict(mask=self.mask(idx))
 
     def mask(self, idx):
         """Mask A of item idx (flipped with the image for x-flipped items)."""
         details = self._inner.get_details(idx)
         A = fixed_mask(self.mask_seed, details.raw_idx, self._inner.resolution, self.mask_p)
         return np.ascontiguousarray(A[:, :, ::-1]) if details.xflip else A
-
-    def __getitem__(self, idx):
-        image, label = self._inner[idx][:2]
-        return image, label, dict(mask=self.mask(idx))
-
-    def close(self):
-        self._inner.close()
 
 #----------------------------------------------------------------------------
 # The masked network.

@@ -93,25 +93,37 @@ def _tile(img):
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
-def plot_denoise(preds, noisy, sigmas, labels, path):
-    """PNG grid: for each training image, a row of noisy inputs, then one row per model's clean prediction."""
+def plot_denoise(preds, noisy, sigmas, labels, path, images=None):
+    """PNG grid: for each training image, a row of noisy inputs, then one row per model's clean prediction.
+
+    images (uint8 NCHW): the clean training images, shown in a first column beside their input row.
+    """
     plt = pyplot()
     n_img, n_sig = noisy.shape[:2]
-    rows = n_img * (1 + len(labels))
-    fig, axes = plt.subplots(rows, n_sig, figsize=(1.2 * n_sig + 1.6, 1.2 * rows), squeeze=False)
+    rows, first = n_img * (1 + len(labels)), int(images is not None)
+    fig, axes = plt.subplots(rows, n_sig + first, figsize=(1.3 * (n_sig + first) + 2.2, 1.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
     for i in range(n_img):
-        block = [('input x0 + sigma n', noisy[i])] + [(label, preds[m, i]) for m, label in enumerate(labels)]
+        block = [('x0 + sigma n', noisy[i])] + [(label, preds[m, i]) for m, label in enumerate(labels)]
         for r, (label, imgs) in enumerate(block):
+            row = axes[i * len(block) + r]
+            row[first].set_ylabel(label, fontsize=7, rotation=0, ha='right', va='center')
+            if first:
+                if r == 0:
+                    row[0].imshow(_tile(_to_float(images[i:i + 1])[0]), cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+                    row[0].set_title('training image x0' if i == 0 else '', fontsize=8)
+                    row[0].set_ylabel(f'image {i}', fontsize=7, rotation=0, ha='right', va='center')
+                else:
+                    row[0].axis('off')
             for k in range(n_sig):
-                ax = axes[i * len(block) + r, k]
+                ax = row[k + first]
                 ax.imshow(_tile(imgs[k]), cmap='gray', vmin=0, vmax=1, interpolation='nearest')
-                ax.set_xticks([])
-                ax.set_yticks([])
                 if i == 0 and r == 0:
                     ax.set_title(f'sigma={sigmas[k]:g}', fontsize=8)
-                if k == 0:
-                    ax.set_ylabel(label, fontsize=7, rotation=0, ha='right', va='center')
-    fig.suptitle('Clean predictions D(x0 + sigma n) of training images (same noise for every model)', fontsize=9)
+    fig.suptitle('Clean predictions D(x0 + sigma n) of training images (same noise n for every model)', fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     save_figure(fig, path)
 
 
@@ -121,14 +133,16 @@ def plot_trajectories(distances, labels, sigma_tn, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     top = max(max(d['to_clean'].max(), d['to_noisy'].max()) for d in distances) * 1.05
     bins = np.linspace(0, top, 40)
-    for ax, key, title in [(axes[0], 'to_clean', 'to the nearest training image x0'),
-                           (axes[1], 'to_noisy', 'to the nearest noisy copy x_tn')]:
+    for ax, key, title in [(axes[0], 'to_clean', 'distance to the nearest training image x0'),
+                           (axes[1], 'to_noisy', 'distance to the nearest noisy copy x_tn')]:
         for d, label in zip(distances, labels):
             ax.hist(d[key], bins=bins, alpha=0.5, label=f'{label} (median {np.median(d[key]):.2f})')
-        ax.set_title(f'Sampler state at sigma_tn={sigma_tn:g}: distance {title}', fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel('distance / (sigma_tn * sqrt(dim))')
         ax.legend(fontsize=7)
     axes[0].set_ylabel('samples')
+    fig.suptitle(f'Sampler states when the trajectories reach sigma_tn={sigma_tn:g}', fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path)
 
 #----------------------------------------------------------------------------
@@ -176,7 +190,7 @@ def denoise(networks, labels, data, sigmas, num_images, seed, dest):
     nets, labels = _load_nets(networks, labels)
     images = load_images(data)[0][:num_images]
     preds, noisy = denoise_grid(nets, images, sigmas, seed=seed)
-    plot_denoise(preds, noisy, sigmas, labels, dest)
+    plot_denoise(preds, noisy, sigmas, labels, dest, images=images)
     print(f'Wrote {dest}')
 
 

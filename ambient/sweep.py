@@ -38,7 +38,7 @@ DEFAULTS = dict(
 # picks the clean or the noisy regime, see docs/ambient.md), three training seeds each, two models at a time on 2 CPU cores. A small
 # 8x8 SongUNet (16 channels, [1, 2] multipliers, 2 blocks, attention at 4x4) without learning-rate ramp-up
 # (EDM's 10 Mimg ramp-up would keep the rate near zero for such a short run), 1800 iterations at batch 64
-# (115 kimg, 1152 epochs), snapshots at 56 kimg and at the end, each evaluated with 2048 samples. The settings come from
+# (115 kimg, 1152 epochs), snapshots at 64 kimg and at the end, each evaluated with 2048 samples. The settings come from
 # the search recorded in docs/results.md: at this length EDM has started copying, the ambient models much less.
 PRESETS = {
     'demo': dict(
@@ -46,7 +46,7 @@ PRESETS = {
         steps=18, gen_batch=512, jobs=2, ambient_opts=('--ambient_split=uniform',),
         train_opts=('--arch=ddpmpp', '--precond=edm', '--cbase=16', '--cres=1,2', '--blocks=2', '--attn=4',
                     '--dropout=0', '--augment=0', '--batch=64', '--lr=1e-3', '--lr_rampup=0', '--iters=1800',
-                    '--tick=8', '--snap=7', '--dump=7'),
+                    '--tick=8', '--snap=8', '--dump=8'),
     ),
 }
 

@@ -200,7 +200,7 @@ def _method_lines(cfg, summary):
              '- Intervals: 95%. With one training seed, the Wilson interval over its samples; with several, a '
              'two-level bootstrap (seeds drawn with replacement, then samples within each seed), so that the '
              'spread between training runs counts. Quality is one number per seed: its mean and range are shown. '
-             f'Each seed\'s fraction is over {cfg.samples} samples, so one sample is {_pct(1 / cfg.samples)} of it.']
+             f'Each seed\'s fraction is over {cfg.samples} samples, so one sample is {100 / cfg.samples:.3g}% of it.']
     if label:
         lines.append(f'- Quality: `{label}`, the Fréchet distance between samples and held-out real images (source '
                      'images not in the training subset) in the penultimate-layer features of a small CNN classifier '

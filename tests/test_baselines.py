@@ -12,7 +12,7 @@ import torch
 
 import dnnlib
 from ambient import augment_policy
-from ambient.baselines import MaskedPrecond, MaskingEDMLoss, NoisyOnlyEDMLoss
+from ambient.baselines import MaskingEDMLoss, NoisyOnlyEDMLoss
 from ambient.baselines_config import (FixedMaskDataset, build_masked_precond, configure_masking, configure_noisy_only,
                                       fixed_mask)
 from ambient.config import configure as configure_ambient
