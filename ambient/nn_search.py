@@ -5,6 +5,8 @@ import torch
 DEFAULT_CHUNK = 4096        # score blocks hold at most chunk x chunk values (64 MiB in float32)
 FAISS_MIN_KEYS = 200_000    # below this the chunked torch search is as fast and needs no extra package
 RERANK_EXTRA = 8            # extra L2 candidates re-ranked by exact distances
+BF16_EXTRA = 6              # extra cosine candidates kept by the bfloat16 pass
+BF16_MIN_WORK = 2**36       # queries * keys * dim above which cosine_topk(fast='auto') uses the bfloat16 pass on CPU
 
 
 def _faiss():
@@ -79,8 +81,112 @@ def normalize(x, eps=1e-12):
     return x / x.norm(dim=1, keepdim=True).clamp(min=eps)
 
 
-def cosine_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto'):
-    """Exact k most cosine-similar keys of every query: (similarities [N, k] descending, indices [N, k])."""
+def _bf16_supported(device):
+    """bfloat16 matrix products run natively (AVX512-BF16 / AMX) on this CPU."""
+    if torch.device(device).type != 'cpu':
+        return False
+    try:
+        with open('/proc/cpuinfo', encoding='ascii', errors='ignore') as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def _use_bf16(fast, queries, keys, k):
+    if fast not in ('auto', True, False):
+        raise ValueError(f'unknown fast option {fast!r}')
+    if fast is not True and fast != 'auto':
+        return False
+    if queries.dtype != torch.float32 or k >= keys.shape[0]:
+        return False
+    if fast is True:
+        return True
+    work = queries.shape[0] * keys.shape[0] * keys.shape[1]
+    return work >= BF16_MIN_WORK and _bf16_supported(queries.device)
+
+
+def _cosine_topk_bf16(queries, keys, k, chunk, extra=BF16_EXTRA):
+    """The exact float32 path's top-k, found by a bfloat16 pass, exact float32 rescoring and a certificate.
+
+    queries and keys are float32 unit rows, k < len(keys). Returns (values, indices, fallback), where fallback
+    holds the queries that the certificate could not settle; those were searched by the exact path.
+
+    Bound: with qb = bf16(q), xb = bf16(x), products qb_i xb_i are exact in float32 and accumulated in
+    float32, so the bf16 product t (before its final rounding to bf16) obeys
+        |t - q.x| <= |qb - q| |xb| + |q| |xb - x| + g |qb| |xb|,   g = D 2^-24 / (1 - D 2^-24),
+    the output rounding adds |bf16(t) - t| <= 2^-9 |t|, and the exact path's float32 score S obeys
+    |S - q.x| <= g |q| |x|. A key outside the m = k + extra candidates has bf16(t) <= v_m (the m-th bf16 score),
+    hence S <= v_m + 2^-9 |v_m| / (1 - 2^-9) + E(q). A query is certified when its candidates' float32 scores
+    (computed as the exact path computes them) are strictly decreasing through rank k + 1 and the k-th exceeds
+    that bound: the exact path's answer is then unique, whatever its tie-breaking.
+    """
+    n, m_keys, dim = queries.shape[0], keys.shape[0], keys.shape[1]
+    m = min(m_keys, k + extra)
+    qb, kb = queries.to(torch.bfloat16), keys.to(torch.bfloat16)
+    # Norms and bf16 rounding errors (a float32 minus its bf16 rounding is exact in float32); the float32
+    # norms are inflated by far more than their own relative error, D 2^-24.
+    def norms(x, xb):
+        step = max(1, chunk * chunk // max(1, dim))
+        parts = [torch.stack([x[j : j + step].norm(dim=1), xb[j : j + step].float().norm(dim=1),
+                              (xb[j : j + step].float() - x[j : j + step]).norm(dim=1)], dim=1)
+                 for j in range(0, x.shape[0], step)]
+        return torch.cat(parts).double() * (1 + 2 * g + 1e-6)
+    g = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+    x_norm, xb_norm, dx = norms(keys, kb).max(dim=0).values.tolist()
+    q_norm, qb_norm, dq = norms(queries, qb).unbind(1)
+    err = (dq * xb_norm + q_norm * dx + g * (qb_norm * xb_norm + q_norm * x_norm)) * (1 + 1e-6) + 1e-12
+    # bfloat16 pass: top m candidates per query.
+    cand_v = torch.empty([n, m], dtype=torch.bfloat16)
+    cand_i = torch.empty([n, m], dtype=torch.int64)
+    chunk = max(int(chunk), 1)
+    q_step = max(1, min(chunk, n))
+    k_step = max(chunk, 2 * chunk * chunk // q_step)
+    for q0 in range(0, n, q_step):
+        q = qb[q0 : q0 + q_step]
+        best_v = best_i = None
+        for k0 in range(0, m_keys, k_step):
+            v, i = (q @ kb[k0 : k0 + k_step].T).topk(min(m, min(k_step, m_keys - k0)), dim=1)
+            i += k0
+            if best_v is not None:
+                v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
+            if v.shape[1] > m:
+                v, sel = v.topk(m, dim=1)
+                i = i.gather(1, sel)
+            best_v, best_i = v, i
+        cand_v[q0 : q0 + q_step], cand_i[q0 : q0 + q_step] = best_v, best_i
+    v_m = cand_v[:, -1].double()
+    bound = v_m + v_m.abs() * (2.0**-9 / (1 - 2.0**-9)) + err
+    # Exact float32 rescoring: small blocks of queries against the union of their candidates.
+    scores = torch.empty([n, m], dtype=torch.float32)
+    rows = 64
+    for q0 in range(0, n, rows):
+        ci = cand_i[q0 : q0 + rows]
+        uniq, inv = ci.unique(return_inverse=True)
+        s = queries[q0 : q0 + rows] @ keys[uniq].T
+        scores[q0 : q0 + rows] = s.gather(1, inv)
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    idx = cand_i.gather(1, order)
+    ok = scores[:, k - 1].double() > bound
+    if m > k:
+        ok &= (scores[:, : k + 1 - 1] > scores[:, 1 : k + 1]).all(dim=1)
+    elif k > 1:
+        ok &= (scores[:, : k - 1] > scores[:, 1:k]).all(dim=1)
+    out_v, out_i = scores[:, :k].contiguous(), idx[:, :k].contiguous()
+    fallback = (~ok).nonzero()[:, 0]
+    if len(fallback):
+        fv, fi = _chunked_max_topk(queries[fallback], keys, k, chunk, lambda q, b: q @ b.T)
+        out_v[fallback], out_i[fallback] = fv, fi
+    return out_v, out_i, fallback
+
+
+def cosine_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast='auto'):
+    """Exact k most cosine-similar keys of every query: (similarities [N, k] descending, indices [N, k]).
+
+    fast: True searches with a bfloat16 pass plus exact float32 rescoring (_cosine_topk_bf16), giving the
+    same result as the plain float32 path; 'auto' does so on CPUs with native bfloat16 for large problems
+    (queries * keys * dim >= BF16_MIN_WORK); False always takes the plain float32 path.
+    """
     queries, keys = normalize(queries), normalize(keys)
     _check(queries, keys, k)
     if _use_faiss(backend, keys.shape[0], queries.device):
@@ -89,6 +195,9 @@ def cosine_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto'):
         index.add(keys.cpu().float().contiguous().numpy())
         v, i = index.search(queries.cpu().float().contiguous().numpy(), min(k, keys.shape[0]))
         return torch.from_numpy(v).to(queries.device).clamp(-1, 1), torch.from_numpy(i).to(queries.device)
+    if queries.device.type == 'cpu' and keys.device.type == 'cpu' and _use_bf16(fast, queries, keys, k):
+        v, i, _ = _cosine_topk_bf16(queries, keys, k, chunk)
+        return v.clamp(-1, 1), i
     v, i = _chunked_max_topk(queries, keys, k, chunk, lambda q, b: q @ b.T)
     return v.clamp(-1, 1), i
 

@@ -1,4 +1,5 @@
-"""Speed of the exact top-2 cosine search: chunked blocks (ambient.nn_search) vs one full similarity matrix."""
+"""Speed of the exact top-2 cosine search: chunked float32 blocks (ambient.nn_search, fast=False), the certified
+bfloat16 pass with exact float32 rescoring (fast=True, same result), and one full similarity matrix."""
 
 import os
 import sys
@@ -45,18 +46,18 @@ def _rates(fns, queries, keys, repeats):
 
 @click.command()
 @click.option('--samples', help='Generated samples the estimate is for', type=int, default=50_000, show_default=True)
-@click.option('--train', 'train_sizes', help='Training-set sizes', type=str, default='3000,100000', show_default=True)
-@click.option('--dim', help='Feature dimension', type=int, default=1024, show_default=True)
-@click.option('--measure', help='Samples actually timed for the chunked search (rate scaled to --samples)', type=int, default=1024, show_default=True)
+@click.option('--train', 'train_sizes', help='Training-set sizes', type=str, default='100000', show_default=True)
+@click.option('--dim', help='Feature dimension (1536: DINOv2 ViT-g/14)', type=int, default=1536, show_default=True)
+@click.option('--measure', help='Samples actually timed for the chunked search (rate scaled to --samples)', type=int, default=2048, show_default=True)
 @click.option('--naive-measure', help='Samples timed for the full matrix (it needs N*M floats)', type=int, default=1024, show_default=True)
 @click.option('--chunk', help='Chunk size of the blocked search', type=int, default=nn_search.DEFAULT_CHUNK, show_default=True)
 @click.option('--repeats', help='Timed repeats (best is kept)', type=int, default=3, show_default=True)
 @click.option('--device', help='Where to search', type=str, default='cpu', show_default=True)
-@click.option('--quick', help='Small run for a smoke test (dim 256, 512 samples timed, one repeat)', is_flag=True)
+@click.option('--quick', help='Small run for a smoke test (train 3000,20000, dim 256, 512 samples timed, one repeat)', is_flag=True)
 def main(samples, train_sizes, dim, measure, naive_measure, chunk, repeats, device, quick):
-    """Samples/second of exact top-2 cosine search on random features, chunked vs naive (CPU by default)."""
+    """Samples/second of exact top-2 cosine search on random features: exact float32, bf16+rescoring, naive."""
     if quick:
-        dim, measure, naive_measure, repeats = 256, 512, 512, 1
+        train_sizes, dim, measure, naive_measure, repeats = '3000,20000', 256, 512, 512, 1
     sizes = [int(x) for x in train_sizes.split(',')]
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
@@ -67,18 +68,21 @@ def main(samples, train_sizes, dim, measure, naive_measure, chunk, repeats, devi
     for m in sizes:
         keys = torch.randn([m, dim], generator=g).to(device)
         queries = torch.randn([max(measure, naive_measure), dim], generator=g).to(device)
-        chunked, naive = _rates([(lambda q, k: nn_search.cosine_topk(q, k, k=2, chunk=chunk, backend='torch'), measure),
-                                 (_naive_top2, naive_measure)], queries, keys, repeats)
-        # Both give the same neighbours: the comparison is of speed only.
-        q = queries[:64]
-        assert torch.equal(nn_search.cosine_topk(q, keys, chunk=chunk, backend='torch')[1], _naive_top2(q, keys)[1])
-        block_mb = min(chunk * chunk, measure * m) * 4 / 2**20
-        naive_mb = samples * m * 4 / 2**20
-        print(f'train {m:>7}: chunked {chunked:9.0f} samples/s ({samples / chunked:6.1f} s for {samples}, '
-              f'score block {block_mb:.0f} MiB) | naive {naive:9.0f} samples/s ({samples / naive:6.1f} s, '
-              f'full matrix for {samples} would be {naive_mb:.0f} MiB)')
-        ratios.append((m, chunked / naive))
-    print('ratio chunked/naive samples/s: ' + ', '.join(f'train {m}: {r:.2f}x' for m, r in ratios))
+        exact, fast, naive = _rates([(lambda q, k: nn_search.cosine_topk(q, k, k=2, chunk=chunk, backend='torch', fast=False), measure),
+                                     (lambda q, k: nn_search.cosine_topk(q, k, k=2, chunk=chunk, backend='torch', fast=True), measure),
+                                     (_naive_top2, naive_measure)], queries, keys, repeats)
+        # The fast path returns exactly the exact path's result; the naive one the same neighbours.
+        q = queries[:measure]
+        ev, ei = nn_search.cosine_topk(q, keys, chunk=chunk, backend='torch', fast=False)
+        fv, fi = nn_search.cosine_topk(q, keys, chunk=chunk, backend='torch', fast=True)
+        assert torch.equal(ei, fi) and torch.equal(ev, fv), 'fast path differs from the exact path'
+        assert torch.equal(ei[:64], _naive_top2(q[:64], keys)[1])
+        fallback = len(nn_search._cosine_topk_bf16(nn_search.normalize(q), nn_search.normalize(keys), 2, chunk)[2]) if device.type == 'cpu' else 0 # pylint: disable=protected-access
+        print(f'train {m:>7}: exact fp32 {exact:8.0f} samples/s ({samples / exact:6.1f} s for {samples}) | '
+              f'bf16+rescore {fast:8.0f} samples/s ({samples / fast:6.1f} s; fallback {fallback}/{len(q)}) | '
+              f'naive {naive:8.0f} samples/s ({samples / naive:6.1f} s) | fast/exact {fast / exact:.2f}x')
+        ratios.append((m, fast / exact))
+    print('ratio fast/exact samples/s: ' + ', '.join(f'train {m}: {r:.2f}x' for m, r in ratios))
 
 
 if __name__ == '__main__':

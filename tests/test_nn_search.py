@@ -112,3 +112,47 @@ def test_l2_ties_resolved_by_index_whatever_the_chunk():
     for chunk in (1, 4, 7, 100):
         d, i = nn_search.l2_topk(keys[[2]].double(), keys, k=2, chunk=chunk, backend='torch')
         assert i[0].tolist() == [2, 5] and d[0].tolist() == [0.0, 0.0]
+
+
+def _exact_cosine(q, keys, k):
+    v, i = nn_search.cosine_topk(q, keys, k=k, chunk=64, fast=False)
+    return v, i
+
+
+@pytest.mark.parametrize('k', [1, 2, 3])
+def test_bf16_cosine_matches_exact_path_random(k):
+    q, keys = _random(300, 2000, 96, seed=8)
+    ev, ei = _exact_cosine(q, keys, k)
+    fv, fi = nn_search.cosine_topk(q, keys, k=k, chunk=64, fast=True)
+    assert torch.equal(ei, fi) and torch.equal(ev, fv)
+
+
+def test_bf16_cosine_near_ties_fall_back_and_match():
+    # Duplicated and near-duplicated keys: ties and gaps far below the bfloat16 error bound.
+    g = torch.Generator().manual_seed(9)
+    q, keys = _random(120, 1500, 128, seed=10)
+    keys[100:140] = keys[5]                                                 # 41 identical keys
+    keys[200:230] = keys[7] + 1e-4 * torch.randn([30, 128], generator=g)    # near-duplicates
+    q[:40] = keys[5] + 1e-3 * torch.randn([40, 128], generator=g)
+    q[40:80] = keys[7] + 1e-3 * torch.randn([40, 128], generator=g)
+    qn, kn = nn_search.normalize(q), nn_search.normalize(keys)
+    _, _, fallback = nn_search._cosine_topk_bf16(qn, kn, 2, 64) # pylint: disable=protected-access
+    assert len(fallback) >= 80 and len(fallback) < len(q) # near-ties fall back, the rest is certified
+    ev, ei = _exact_cosine(q, keys, 2)
+    fv, fi = nn_search.cosine_topk(q, keys, k=2, chunk=64, fast=True)
+    assert torch.equal(ei, fi) and torch.equal(ev, fv)
+
+
+def test_bf16_error_bound_holds_empirically():
+    q, keys = _random(64, 3000, 1536, seed=11)
+    q, keys = nn_search.normalize(q), nn_search.normalize(keys)
+    approx = (q.bfloat16() @ keys.bfloat16().T).double()
+    err = (approx - q.double() @ keys.double().T).abs().max().item()
+    # The certificate assumes at most ~2^-8 + 2^-9 (input rounding, output rounding) plus accumulation.
+    assert err < 2**-8 + 2**-9
+
+
+def test_fast_option_validated():
+    q, keys = _random(4, 10, 8, seed=12)
+    with pytest.raises(ValueError):
+        nn_search.cosine_topk(q, keys, fast='maybe')
