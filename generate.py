@@ -1,6 +1,7 @@
 """Generate images with EDM's samplers from a network snapshot (.pkl, .safetensors or URL); torchrun-aware."""
 
 import os
+import time
 
 import click
 import numpy as np
@@ -78,7 +79,8 @@ def resolve_network(network_pkl):
     return found[-1][1]
 
 
-def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batch_size=64, grid=None, device=None, **sampler_kwargs):
+def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batch_size=64, grid=None, device=None,
+             bf16=False, compile=False, **sampler_kwargs):
     """Write one PNG per seed (this rank's share of the seeds); rank 0 also writes the grid."""
     device = dist.get_device() if device is None else torch.device(device)
     check_sampler_options(**sampler_kwargs)
@@ -96,12 +98,17 @@ def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batc
     except ValueError as e:
         raise dnnlib.util.UserError(f'--class: {e}') from None
 
+    if bf16 or compile:
+        net = sampler.Denoiser(net, bf16=bf16, compile=compile)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
     batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
-    for batch_seeds in tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0)):
+    for batch_idx, batch_seeds in enumerate(tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0))):
         if not batch_seeds:
             continue
+        start = time.time()
         images = sampler.sample_batch(net, batch_seeds, class_idx, device, **sampler_kwargs).numpy()
+        if compile and batch_idx == 0: # Compilation happens inside the first batch; its cost is worth a line.
+            dist.print0(f'torch.compile: first batch took {time.time() - start:.1f} s, compilation included')
         for seed, image in zip(batch_seeds, images):
             save_png(image, image_path(outdir, seed, subdirs))
 
@@ -130,6 +137,8 @@ def _parse_seeds(ctx, param, value): # pylint: disable=unused-argument
 @click.option('--class', 'class_idx',      help='Class label  [default: random]', metavar='INT',                    type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', metavar='INT',                                type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--grid',                    help='Also tile all images into one PNG  [alone: OUTDIR-grid.png]', metavar='[PNG]', type=str, default=None, is_flag=False, flag_value='')
+@click.option('--bf16',                    help='bfloat16 autocast in the network (images change slightly)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--compile',                 help='torch.compile the denoiser (changes rounding only)', metavar='BOOL', type=bool, default=False, show_default=True)
 
 @click.option('--steps', 'num_steps',      help='Number of sampling steps', metavar='INT',                          type=click.IntRange(min=1), default=18, show_default=True)
 @click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=dnnlib.util.FiniteFloat(min=0, min_open=True))

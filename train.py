@@ -83,6 +83,8 @@ def optimizer_config(opts):
     kwargs = dnnlib.EasyDict(class_name=OPTIMIZERS[opts.optimizer], lr=opts.lr, betas=opts.betas, eps=opts.eps)
     if opts.wd or opts.optimizer == 'adamw': # AdamW's own default decay would otherwise apply silently.
         kwargs.weight_decay = opts.wd
+    if opts.get('fused'):
+        kwargs.fused = True # One kernel per step over all tensors; rounding differs slightly from the per-tensor loop.
     return kwargs
 
 def _describe_dataset(c, opts):
@@ -212,6 +214,8 @@ def build_config(opts):
         if opts.fp16:
             raise dnnlib.util.UserError('--fp16 and --bf16 cannot be combined')
         c.bf16 = True
+    # Recorded only when chosen, so that a plain run's training_options.json stays EDM's.
+    c.update({name: True for name in ('compile', 'channels_last', 'tf32') if opts.get(name)})
     from training import loggers, training_loop
     c_loggers = loggers.parse_names(opts.get('logger'))
     loggers.check_available(c_loggers) # A missing package fails now, in one line, not after the first tick.
@@ -288,6 +292,9 @@ def _print_options(c, opts):
     dist.print0(f'Number of GPUs:          {dist.get_world_size()}')
     dist.print0(f'Batch size:              {c.batch_size}')
     dist.print0(f'Mixed-precision:         {"fp16" if c.network_kwargs.use_fp16 else ("bf16" if opts.bf16 else "off")}')
+    fast = [name for name in ('compile', 'channels_last', 'fused', 'tf32') if opts.get(name)]
+    if fast:
+        dist.print0(f'Fast paths:              {", ".join(fast)}')
     dist.print0()
 
 #----------------------------------------------------------------------------
@@ -335,7 +342,11 @@ def _print_options(c, opts):
 
 # Performance-related.
 @click.option('--fp16',          help='Enable mixed-precision training', metavar='BOOL',            type=bool, default=False, show_default=True)
-@click.option('--bf16',          help='Enable bfloat16 autocast', metavar='BOOL',                   type=bool, default=False, show_default=True)
+@click.option('--bf16',          help='Enable bfloat16 autocast (changes numerics)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--compile',       help='torch.compile the training forward (changes rounding only)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--channels_last', help='NHWC activations (changes rounding only)', metavar='BOOL',   type=bool, default=False, show_default=True)
+@click.option('--fused',         help='Fused optimizer step (changes rounding only)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--tf32',          help='Allow TF32 on CUDA (changes numerics)', metavar='BOOL',      type=bool, default=False, show_default=True)
 @click.option('--ls',            help='Loss scaling', metavar='FLOAT',                              type=dnnlib.util.FiniteFloat(min=0, min_open=True), default=1, show_default=True)
 @click.option('--bench',         help='Enable cuDNN benchmarking', metavar='BOOL',                  type=bool, default=True, show_default=True)
 @click.option('--cache',         help='Cache dataset in CPU memory', metavar='BOOL',                type=bool, default=True, show_default=True)

@@ -1,44 +1,34 @@
-"""Training speed: the loop's per-step work vs a bare forward/backward/step (or ambient vs EDM loss), measured side by side."""
+"""Training speed: EDM's plain step (bench/edm_reference.py) vs our default and fast paths, side by side, in one process."""
 
 import contextlib
 import inspect
 import io
-import json
 import os
 import pathlib
 import statistics
 import sys
 import tempfile
 import time
-import zipfile
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import dnnlib # pylint: disable=wrong-import-position
 import train # pylint: disable=wrong-import-position
-from training import checkpoint, training_loop # pylint: disable=wrong-import-position
+from training import checkpoint, dataset, dataset_sources, training_loop # pylint: disable=wrong-import-position
+import edm_reference # pylint: disable=wrong-import-position
+import bench_util # pylint: disable=wrong-import-position
 
 #----------------------------------------------------------------------------
 
-def write_digits_zip(path, res):
-    """scikit-learn's 1797 real 8x8 digits as an EDM dataset zip, upsampled (nearest) to res x res."""
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
-    factor = res // 8
-    with zipfile.ZipFile(path, 'w') as z:
-        labels = []
-        for i, image in enumerate(images):
-            buf = io.BytesIO()
-            PIL.Image.fromarray(np.kron(image, np.ones([factor, factor], dtype=np.uint8))).save(buf, format='png')
-            name = f'{i // 1000:05d}/img{i:08d}.png'
-            z.writestr(name, buf.getvalue())
-            labels.append([name, int(digits.target[i])])
-        z.writestr('dataset.json', json.dumps(dict(labels=labels)))
+def write_digits_zip(path, res, rgb=False):
+    """scikit-learn's 1797 real 8x8 digits (dataset_tool.py --source=digits) as an EDM zip, upsampled to res x res, grey or RGB."""
+    source = dataset_sources.open_digits()
+    images = np.stack([source.load(i) for i in range(source.num_images)]) # [N, 8, 8] uint8
+    images = images.repeat(res // 8, axis=1).repeat(res // 8, axis=2)[:, None]
+    dataset.write_image_zip(images.repeat(3, axis=1) if rgb else images, source.labels, path)
     return str(path)
 
 def train_config(args):
@@ -49,11 +39,12 @@ def train_config(args):
 
 def setup(c, device):
     """Everything a training step needs, seeded as training_loop() seeds it."""
-    checkpoint.seed_rank(c.seed) # pylint: disable=protected-access
+    checkpoint.seed_rank(c.seed)
     with contextlib.redirect_stdout(io.StringIO()): # Keep the module summary out of the report.
         return training_loop.setup_training(c.dataset_kwargs, c.data_loader_kwargs, c.network_kwargs, c.loss_kwargs,
                                             c.optimizer_kwargs, c.get('augment_kwargs'), c.seed, c.batch_size, c.batch_gpu,
-                                            device, bf16=c.get('bf16', False), loss_scaling=c.loss_scaling)
+                                            device, bf16=c.get('bf16', False), loss_scaling=c.loss_scaling,
+                                            compile=c.get('compile', False), channels_last=c.get('channels_last', False))
 
 def loop_step_fn(t, c):
     """The loop's per-step work: data loading, accumulation, lr ramp, nan_to_num, optimizer, EMA, NaN tracking."""
@@ -65,18 +56,14 @@ def loop_step_fn(t, c):
         state['nimg'] += c.batch_size
     return step
 
-def bare_step_fn(t):
-    """Forward/backward/step of the same network, loss and optimizer on one fixed batch already on the device."""
-    images, labels, extras = training_loop._next_batch(t) # pylint: disable=protected-access
-    def step():
-        t.optimizer.zero_grad(set_to_none=True)
-        loss = t.loss_fn(net=t.net, images=images, labels=labels, augment_pipe=t.augment_pipe, **extras)
-        loss.sum().mul(1 / t.batch_size).backward()
-        t.optimizer.step()
-    return step
+def edm_step_fn(t, c, ddp):
+    """EDM's plain step (bench/edm_reference.py) on the nets, loss, optimizer and data of setup `t`."""
+    defaults = inspect.signature(training_loop.training_loop).parameters
+    opt = {name: c.get(name, defaults[name].default) for name in ('lr_rampup_kimg', 'ema_halflife_kimg', 'ema_rampup_ratio')}
+    return edm_reference.edm_train_step_fn(t, lr=c.optimizer_kwargs.lr, ddp=ddp, **opt)
 
 def measure(fns, steps, rounds, warmup, device):
-    """Median seconds per step of each named function, interleaving rounds so load changes hit all alike."""
+    """Median seconds per step of each named function, interleaving rounds so load changes hit all alike; and first-step seconds."""
     def run(fn, n):
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
@@ -86,53 +73,80 @@ def measure(fns, steps, rounds, warmup, device):
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
         return (time.perf_counter() - start) / n
+    first = {name: run(fn, 1) for name, fn in fns.items()} # Includes torch.compile's compilation.
     for fn in fns.values():
-        run(fn, warmup)
+        for _ in range(warmup):
+            fn()
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             times[name].append(run(fn, steps))
-    return {name: statistics.median(v) for name, v in times.items()}
+    return {name: statistics.median(v) for name, v in times.items()}, first
 
 #----------------------------------------------------------------------------
 
+# Our training paths, as extra train.py options on top of the shared command line.
+MODES = {
+    'edm+ddp':       None, # EDM's step wrapped in DDP over a 1-process gloo group, as EDM's train.py runs it.
+    'ours':          [],
+    'fused':         ['--fused=1'],
+    'channels_last': ['--channels_last=1'],
+    'bf16':          ['--bf16=1'],
+    'bf16+cl':       ['--bf16=1', '--channels_last=1'],
+    'compile':       ['--compile=1'],
+    'bf16+compile':  ['--bf16=1', '--compile=1'],
+    'fast':          ['--bf16=1', '--compile=1', '--fused=1'],
+}
+
 @click.command()
-@click.option('--res',      help='Image resolution (digits upsampled)', type=click.Choice(['8', '16']), default='8', show_default=True)
+@click.option('--res',      help='Image resolution (digits upsampled)', type=click.Choice(['8', '16', '32']), default='8', show_default=True)
+@click.option('--channels', help='Image channels (3: the digit in every channel)', type=click.Choice(['1', '3']), default='1', show_default=True)
 @click.option('--arch',     help='Network architecture', type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp', show_default=True)
 @click.option('--cbase',    help='Channel multiplier', type=int, default=32, show_default=True)
 @click.option('--cres',     help='Channels per resolution', type=str, default='1,2', show_default=True)
 @click.option('--batch',    help='Batch size', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--augment',  help='Augment probability (as train.py)', type=click.FloatRange(min=0, max=1), default=0.12, show_default=True)
-@click.option('--loss',     help='edm: our loop vs a bare step, EDM loss; ambient: ambient vs EDM loss, both in our loop', type=click.Choice(['edm', 'ambient']), default='edm', show_default=True)
+@click.option('--augment',  help='Augment probability (as train.py)', type=click.FloatRange(min=0, max=1), default=0, show_default=True)
+@click.option('--dropout',  help='Dropout probability (as train.py)', type=click.FloatRange(min=0, max=1), default=0, show_default=True)
+@click.option('--loss',     help='Loss family of our paths (the EDM reference always uses EDM\'s loss)', type=click.Choice(['edm', 'ambient']), default='edm', show_default=True)
 @click.option('--sigma_tn', help='Ambient noise level (--loss=ambient)', type=float, default=0.2, show_default=True)
+@click.option('--modes',    help=f'Paths to time besides the EDM reference: {", ".join(MODES)}', type=str, default='ours,fused,bf16,compile,fast', show_default=True, callback=bench_util.modes_option(MODES))
 @click.option('--steps',    help='Steps per timed round', type=click.IntRange(min=1), default=5, show_default=True)
 @click.option('--rounds',   help='Timed rounds (median taken)', type=click.IntRange(min=1), default=5, show_default=True)
-@click.option('--warmup',   help='Untimed steps first', type=click.IntRange(min=0), default=3, show_default=True)
+@click.option('--warmup',   help='Untimed steps first (after the first step, which is reported)', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--workers',  help='DataLoader workers of the loop', type=click.IntRange(min=1), default=1, show_default=True)
-def main(res, arch, cbase, cres, batch, augment, loss, sigma_tn, steps, rounds, warmup, workers):
-    """Print training images/second of our loop and of its reference, then their ratio (last line)."""
+@click.option('--memory/--no-memory', help='Also measure each path\'s peak memory alone in a child process', default=True, show_default=True)
+@click.option('--alone',    help='Run only the named mode (the memory child)', is_flag=True, hidden=True)
+def main(res, channels, arch, cbase, cres, batch, augment, dropout, loss, sigma_tn, modes, steps, rounds, warmup, workers, memory, alone):
+    """Training images/second of EDM's plain step and of our paths, side by side, with ratios to EDM and peak memory."""
     torch.multiprocessing.set_start_method('spawn', force=True) # As train.py.
     device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
+    if alone:
+        modes = modes[-1:]
+    argv = [a for a in sys.argv[1:] if not a.startswith(('--modes', '--memory', '--no-memory', '--steps', '--rounds', '--warmup'))]
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_digits_zip(os.path.join(tmp, f'digits{res}.zip'), int(res))
-        args = [f'--outdir={tmp}', f'--data={data}', f'--arch={arch}', f'--cbase={cbase}', f'--cres={cres}',
-                f'--batch={batch}', f'--augment={augment}', f'--workers={workers}', '--seed=0']
-        print(f'device {device}, digits {res}x{res}, {arch} cbase {cbase} cres {cres}, batch {batch}, augment {augment}, '
-              f'{steps} steps x {rounds} rounds (median)')
-        if loss == 'edm':
-            c = train_config(args)
+        data = write_digits_zip(os.path.join(tmp, f'digits{res}.zip'), int(res), rgb=(channels == '3'))
+        args = [f'--outdir={tmp}', f'--data={data}', f'--arch={arch}', f'--cbase={cbase}', f'--cres={cres}', f'--batch={batch}',
+                f'--augment={augment}', f'--dropout={dropout}', f'--workers={workers}', '--seed=0']
+        loss_args = ['--loss=ambient', f'--sigma_tn={sigma_tn}'] if loss == 'ambient' else []
+        where = f'{torch.get_num_threads()} threads' if device.type == 'cpu' else torch.cuda.get_device_name(device)
+        print(f'device {device} ({where}), torch {torch.__version__}; digits {res}x{res}x{channels}, {arch} cbase {cbase} '
+              f'cres {cres}, batch {batch}, augment {augment}, dropout {dropout}, our loss {loss}; {steps} steps x {rounds} '
+              f'rounds, median; ratios to EDM\'s plain step (no DDP)')
+        fns = {}
+        for mode in modes:
+            reference = mode.startswith('edm')
+            c = train_config(args + ([] if reference else loss_args + MODES[mode]))
             t = setup(c, device)
-            fns = dict(loop=loop_step_fn(t, c), bare=bare_step_fn(t))
-            ref, ours = 'bare', 'loop'
-        else:
-            c_edm = train_config(args)
-            c_amb = train_config(args + ['--loss=ambient', f'--sigma_tn={sigma_tn}'])
-            fns = dict(edm=loop_step_fn(setup(c_edm, device), c_edm), ambient=loop_step_fn(setup(c_amb, device), c_amb))
-            ref, ours = 'edm', 'ambient'
-        sec = measure(fns, steps, rounds, warmup, device)
-    for name, s in sec.items():
-        print(f'{name:8s} {batch / s:9.1f} img/s  ({s * 1e3:.1f} ms/step)')
-    print(f'ratio {ours}/{ref} time per step: {sec[ours] / sec[ref]:.3f}')
+            fns[mode] = edm_step_fn(t, c, ddp=(mode == 'edm+ddp')) if reference else loop_step_fn(t, c)
+        sec, first = measure(fns, steps, rounds, warmup, device)
+    if alone:
+        bench_util.report(device)
+        return
+    for mode in modes:
+        mem = bench_util.child_peak_memory(__file__, [*argv, f'--modes={mode}', '--steps=2', '--rounds=1', '--warmup=1', '--no-memory', '--alone']) if memory else None
+        mem_str = f'{mem:6.2f} GB' if mem is not None else '     - '
+        print(f'{mode:14s} {batch / sec[mode]:9.2f} img/s   x{sec["edm"] / sec[mode]:5.2f} vs EDM   peak {mem_str}   '
+              f'first step {first[mode]:7.2f} s')
 
 #----------------------------------------------------------------------------
 

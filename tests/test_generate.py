@@ -124,3 +124,12 @@ def test_bare_grid_flag_writes_a_sibling_png(net_files, tmp_path):
     grid = np.array(PIL.Image.open(tmp_path / 'out-grid.png'))
     assert grid.shape == (2 * 32, 2 * 32)
     assert sorted(os.listdir(out)) == [f'{s:06d}.png' for s in range(4)] # Nothing but samples in the folder.
+
+def test_bf16_option_changes_images_slightly(net_files, tmp_path):
+    seeds = list(range(6))
+    for name, extra in [('exact', []), ('bf16', ['--bf16=1'])]:
+        code, out = run_cli(['--network', net_files['pkl'], '--outdir', str(tmp_path / name), '--seeds=0-5', *SAMPLER_ARGS, *extra])
+        assert code == 0, out
+    exact, bf16 = read_images(tmp_path / 'exact', seeds), read_images(tmp_path / 'bf16', seeds)
+    diff = np.stack([np.abs(exact[s].astype(int) - bf16[s]) for s in seeds])
+    assert 0 < diff.mean() < 2 # uint8 levels

@@ -176,3 +176,34 @@ def test_generate_images_is_batch_independent_with_churn_and_labels(make_tiny_co
         sampler.generate_images(net, [0], class_idx=3)
 
 #----------------------------------------------------------------------------
+# The fast sampling paths of generate.py (--bf16, --compile).
+
+def test_denoiser_without_options_is_the_network_and_exposes_its_attributes(make_tiny_cond_net):
+    net = make_tiny_cond_net()
+    plain = sampler.Denoiser(net)
+    assert plain.sigma_min == net.sigma_min and plain.label_dim == net.label_dim and plain.img_resolution == 8
+    assert torch.equal(plain.round_sigma(torch.tensor(0.5)), net.round_sigma(torch.tensor(0.5)))
+    assert torch.equal(sampler.generate_images(plain, range(4), num_steps=4), sampler.generate_images(net, range(4), num_steps=4))
+
+
+def test_bf16_denoiser_runs_in_bfloat16_and_stays_close(make_tiny_cond_net):
+    net = make_tiny_cond_net()
+    x = torch.randn([4, 1, 8, 8], generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    sigma = torch.tensor(2.0, dtype=torch.float64)
+    with torch.no_grad():
+        exact, fast = net(x, sigma), sampler.Denoiser(net, bf16=True)(x, sigma)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact) # The convolutions ran in bfloat16.
+    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
+    images = sampler.generate_images(net, range(8), num_steps=8).numpy().astype(int)
+    bf16 = sampler.generate_images(sampler.Denoiser(net, bf16=True), range(8), num_steps=8).numpy().astype(int)
+    assert np.abs(images - bf16).mean() < 2 # uint8 levels; docs/performance.md states the measured difference.
+
+
+@pytest.mark.slow # torch.compile: ~35 s with a cold inductor cache.
+def test_compiled_denoiser_matches_the_network_up_to_rounding(make_tiny_cond_net):
+    net = make_tiny_cond_net()
+    images = sampler.generate_images(net, range(4), num_steps=3).numpy().astype(int)
+    compiled = sampler.generate_images(sampler.Denoiser(net, compile=True), range(4), num_steps=3).numpy().astype(int)
+    assert np.abs(images - compiled).max() <= 1
+
+#----------------------------------------------------------------------------

@@ -183,3 +183,17 @@ def test_transfer_sets_edm_options_in_edms_order(data, tmp_path):
     assert options['resume_pkl'] == str(pkl) and options['ema_rampup_ratio'] is None
 
 #----------------------------------------------------------------------------
+
+def test_fast_path_options_are_recorded_only_when_chosen(data, tmp_path):
+    def options(*extra):
+        result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}', '-n', '--seed=1', *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output[result.output.index('{'):result.output.index('\n}\n') + 2]), result.output
+    plain, out = options()
+    assert not {'compile', 'channels_last', 'tf32'} & set(plain) and 'fused' not in plain['optimizer_kwargs']
+    assert 'Fast paths:' not in out
+    fast, out = options('--compile=1', '--channels_last=1', '--fused=1', '--tf32=1', '--bf16=1')
+    assert fast['compile'] is fast['channels_last'] is fast['tf32'] is fast['optimizer_kwargs']['fused'] is True
+    assert 'Fast paths:              compile, channels_last, fused, tf32' in out
+    # The run name says the precision only, as EDM's does.
+    assert fast['run_dir'].endswith('-bf16') and plain['run_dir'].endswith('-fp32')

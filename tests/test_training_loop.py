@@ -328,6 +328,14 @@ def test_split_batch():
     with pytest.raises(dnnlib.util.UserError, match='not divisible'):
         training_loop.split_batch(32, 12)
 
+def test_tf32_is_off_unless_asked_for():
+    try:
+        training_loop._set_backends(False, tf32=True) # pylint: disable=protected-access
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        training_loop._set_backends(False) # pylint: disable=protected-access
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
 #----------------------------------------------------------------------------
 # Driver for the subprocess tests.
 

@@ -46,6 +46,27 @@ def _to_device(tensor, device):
 
 #----------------------------------------------------------------------------
 
+class Denoiser:
+    """The network as the samplers call it, optionally under bfloat16 autocast and/or torch.compile.
+
+    Attributes the samplers read (sigma_min, round_sigma, img_channels, ...) come from the wrapped network.
+    bf16 changes the images slightly; compile changes rounding only (docs/performance.md states both, tests bound them).
+    """
+
+    def __init__(self, net, bf16=False, compile=False):
+        self.net = net
+        self.bf16 = bf16
+        self.forward = torch.compile(net) if compile else net
+
+    def __getattr__(self, name): # Only reached for names not set in __init__.
+        return getattr(self.net, name)
+
+    def __call__(self, x, sigma, class_labels=None):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.forward(x, sigma, class_labels)
+
+#----------------------------------------------------------------------------
+
 def edm_time_steps(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7, device='cpu'):
     """EDM's rho-spaced noise levels (float64), clamped to the net's range, followed by a final 0."""
     sigma_min = max(sigma_min, net.sigma_min)

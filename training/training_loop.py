@@ -1,6 +1,7 @@
 """The distributed training loop: gradient accumulation, EMA, ticks, snapshots and exact resume (EDM semantics)."""
 
 import copy
+import importlib
 import json
 import os
 import pickle
@@ -76,7 +77,8 @@ def _load_transfer(net, ema, resume_pkl):
     misc.copy_params_and_buffers(src_module=data['ema'], dst_module=ema, require_all=False)
 
 def setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, augment_kwargs,
-                   seed, batch_size, batch_gpu, device, start_nimg=0, bf16=False, loss_scaling=1):
+                   seed, batch_size, batch_gpu, device, start_nimg=0, bf16=False, loss_scaling=1, compile=False,
+                   channels_last=False):
     """Build everything one training step needs (dataset iterator, nets, loss, optimizer), as an EasyDict."""
     t = dnnlib.EasyDict(device=device, batch_size=batch_size, optimizer_kwargs=dict(optimizer_kwargs),
                         bf16=bf16, loss_scaling=loss_scaling)
@@ -95,11 +97,32 @@ def setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwar
     t.optimizer = dnnlib.util.construct_class_by_name(params=t.net.parameters(), **optimizer_kwargs)
     t.augment_pipe = dnnlib.util.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     t.ddp = t.net
-    if dist.get_world_size() > 1:
-        t.ddp = torch.nn.parallel.DistributedDataParallel(t.net, device_ids=[device] if device.type == 'cuda' else None)
+    if channels_last:
+        t.ddp = ChannelsLast(t.ddp)
+    if compile:
+        # Only the training forward is compiled; t.net and t.ema stay plain modules, so snapshots are unchanged.
+        # Dropout then draws eager PyTorch's random stream, so that compiling changes rounding and nothing else.
+        importlib.import_module('torch._inductor.config').fallback_random = True
+        t.ddp = torch.compile(t.ddp)
+    if dist.get_world_size() > 1: # Outermost, so that accumulation rounds can skip the all-reduce (misc.ddp_sync).
+        t.ddp = torch.nn.parallel.DistributedDataParallel(t.ddp, device_ids=[device] if device.type == 'cuda' else None)
     t.ema = copy.deepcopy(t.net).eval().requires_grad_(False)
     t.nonfinite_steps = torch.zeros([], dtype=torch.int64, device=device)
     return t
+
+class ChannelsLast(torch.nn.Module):
+    """Calls the wrapped network on an NHWC (channels_last) copy of its input, after any augmentation.
+
+    Convolutions follow their input's layout, so the activations go NHWC while the stored weights (and snapshots) stay as
+    they are; the rounding of the convolutions changes, nothing else.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, *args, **kwargs):
+        return self.net(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
 
 #----------------------------------------------------------------------------
 # One training step.
@@ -238,6 +261,9 @@ def training_loop(
     resume_state        = None,     # That file's contents, when the caller has already read and checked them.
     cudnn_benchmark     = True,     # torch.backends.cudnn.benchmark.
     bf16                = False,    # bfloat16 autocast around the loss.
+    compile             = False,    # torch.compile the network's training forward.
+    channels_last       = False,    # Feed the network NHWC (channels_last) batches.
+    tf32                = False,    # Allow TF32 matmuls and convolutions on CUDA.
     max_nonfinite_steps = 100,      # Stop after this many consecutive steps with a NaN/Inf loss.
     device              = None,     # Compute device, None = this rank's CUDA device or the CPU.
     loggers             = (),       # Also send each tick's statistics to these sinks (training/loggers.py).
@@ -247,7 +273,7 @@ def training_loop(
     start_time = time.time()
     device = torch.device(device) if device is not None else dist.get_device()
     checkpoint.seed_rank(seed)
-    _set_backends(cudnn_benchmark)
+    _set_backends(cudnn_benchmark, tf32)
     if dist.get_rank() == 0:
         os.makedirs(run_dir, exist_ok=True)
     compared_kwargs = dict(network_kwargs=network_kwargs, loss_kwargs=loss_kwargs, dataset_kwargs=dataset_kwargs)
@@ -262,7 +288,7 @@ def training_loop(
         progress.update(cur_nimg=state['cur_nimg'], cur_tick=state['cur_tick'], last_snapshot=state['last_snapshot'])
     t = setup_training(dataset_kwargs, data_loader_kwargs, network_kwargs, loss_kwargs, optimizer_kwargs, augment_kwargs,
                        seed, batch_size, batch_gpu, device, start_nimg=progress.cur_nimg, bf16=bf16,
-                       loss_scaling=loss_scaling)
+                       loss_scaling=loss_scaling, compile=compile, channels_last=channels_last)
     if resume_pkl is not None:
         _load_transfer(t.net, t.ema, resume_pkl)
     if state:
@@ -282,13 +308,19 @@ def training_loop(
         from training import loggers as logger_sinks # pylint: disable=import-outside-toplevel
         plan.sinks = logger_sinks.open_sinks(loggers, run_dir, options, start_step=progress.cur_nimg,
                                              resume_dir=os.path.dirname(os.path.abspath(resume_state_dump)) if resume_state_dump else None)
+    training_stats.default_collector.update() # The first tick's statistics count this run's steps only.
     check_every = max(1, min(16, max_nonfinite_steps // 4)) # Reading the counter syncs the device: not every step.
     progress.tick_start_nimg = progress.cur_nimg
     progress.tick_start_time = time.time()
     progress.maintenance_time = progress.tick_start_time - start_time
     dist.update_progress(progress.cur_nimg // 1000, plan.total_nimg // 1000)
+    report_first_step = compile # Compilation happens inside the first step; its cost is worth a line.
     while True:
+        step_start = time.time()
         train_step(t, progress.cur_nimg, lr_rampup_kimg, ema_halflife_kimg, ema_rampup_ratio)
+        if report_first_step:
+            dist.print0(f'torch.compile: first step took {time.time() - step_start:.1f} s, compilation included')
+            report_first_step = False
         progress.cur_nimg += batch_size
         done = (progress.cur_nimg >= plan.total_nimg)
         at_tick = done or progress.cur_tick == 0 or progress.cur_nimg >= progress.tick_start_nimg + kimg_per_tick * 1000
@@ -309,11 +341,11 @@ def training_loop(
     dist.print0()
     dist.print0('Exiting...')
 
-def _set_backends(cudnn_benchmark):
-    """EDM's numerics: no TF32 and no reduced-precision reductions."""
+def _set_backends(cudnn_benchmark, tf32=False):
+    """EDM's numerics: no TF32 (unless asked for) and no reduced-precision reductions."""
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
 def _diverged(progress):
