@@ -33,6 +33,7 @@ PRECONDITIONERS = {
     'edm': ('training.networks.EDMPrecond', 'training.loss.EDMLoss'),
 }
 OPTIMIZERS = {'adam': 'torch.optim.Adam', 'adamw': 'torch.optim.AdamW'}
+FAST_PATHS = ('compile', 'channels_last', 'fused', 'tf32') # BOOL options that leave the default path exact when off.
 
 warnings.filterwarnings('ignore', 'Grad strides do not match bucket view strides') # Spurious DDP warning (as EDM).
 
@@ -214,8 +215,8 @@ def build_config(opts):
         if opts.fp16:
             raise dnnlib.util.UserError('--fp16 and --bf16 cannot be combined')
         c.bf16 = True
-    # Recorded only when chosen, so that a plain run's training_options.json stays EDM's.
-    c.update({name: True for name in ('compile', 'channels_last', 'tf32') if opts.get(name)})
+    # Recorded only when chosen, so that a plain run's training_options.json stays EDM's (--fused: optimizer_kwargs).
+    c.update({name: True for name in FAST_PATHS if name != 'fused' and opts.get(name)})
     from training import loggers, training_loop
     c_loggers = loggers.parse_names(opts.get('logger'))
     loggers.check_available(c_loggers) # A missing package fails now, in one line, not after the first tick.
@@ -292,7 +293,7 @@ def _print_options(c, opts):
     dist.print0(f'Number of GPUs:          {dist.get_world_size()}')
     dist.print0(f'Batch size:              {c.batch_size}')
     dist.print0(f'Mixed-precision:         {"fp16" if c.network_kwargs.use_fp16 else ("bf16" if opts.bf16 else "off")}')
-    fast = [name for name in ('compile', 'channels_last', 'fused', 'tf32') if opts.get(name)]
+    fast = [name for name in FAST_PATHS if opts.get(name)]
     if fast:
         dist.print0(f'Fast paths:              {", ".join(fast)}')
     dist.print0()

@@ -4,6 +4,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 import click
 import torch
@@ -18,6 +19,17 @@ def modes_option(modes):
             raise click.BadParameter(f'unknown mode(s) {unknown}; choose from edm, {", ".join(modes)}')
         return ['edm'] + [m for m in names if m != 'edm']
     return parse
+
+
+def timed(fn, device, *args):
+    """(wall seconds, result) of fn(*args), with CUDA work finished on both sides."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn(*args)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
 
 
 def peak_memory_gb(device):
@@ -37,8 +49,12 @@ def report(device):
     print(f'peak memory {peak_memory_gb(device):.3f} GB')
 
 
-def child_peak_memory(script, argv):
-    """Run `python script argv` (one path, --alone) and return the peak memory it reports in GB, None if it failed."""
+def child_peak_memory(script, mode, overrides):
+    """Run this benchmark's command line again for one `mode` alone (--alone), with `overrides` (--name=value) replacing
+    the options they name and without --memory; return the peak memory the child reports in GB, None if it failed."""
+    names = {arg.split('=')[0] for arg in overrides} | {'--modes', '--memory', '--no-memory'}
+    argv = [arg for arg in sys.argv[1:] if arg.split('=')[0] not in names]
+    argv += [*overrides, f'--modes={mode}', '--no-memory', '--alone']
     out = subprocess.run([sys.executable, os.path.abspath(script), *argv], capture_output=True, text=True, check=False).stdout
     found = [line.split()[-2] for line in out.splitlines() if line.startswith('peak memory')]
     return float(found[-1]) if found else None

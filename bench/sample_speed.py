@@ -52,13 +52,7 @@ def sample_fn(mode, net, device, num_steps):
 def measure(fns, batch, repeats, device):
     """Median seconds per batch of each path (the same seeds, paths interleaved), first-batch seconds, and the images."""
     def run(fn, seeds):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        images = fn(seeds)
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start, images
+        return bench_util.timed(fn, device, seeds)
     seeds = list(range(batch))
     first, images = {}, {}
     for name, fn in fns.items():
@@ -133,9 +127,8 @@ def main(config, network_pkl, batch, num_steps, modes, repeats, whole, seeds, me
     what = network_pkl or f'{config} (random weights)'
     print(f'device {device} ({where}), torch {torch.__version__}; {what}; batch {batch}, {num_steps} steps '
           f'({2 * num_steps - 1} network evaluations), median of {repeats}')
-    argv = [a for a in sys.argv[1:] if not a.startswith(('--modes', '--memory', '--no-memory', '--repeats', '--whole'))]
     for mode in modes:
-        mem = bench_util.child_peak_memory(__file__, [*argv, f'--modes={mode}', '--repeats=1', '--whole=0', '--no-memory', '--alone']) if memory else None
+        mem = bench_util.child_peak_memory(__file__, mode, ['--repeats=1', '--whole=0']) if memory else None
         mem_str = f'{mem:6.2f} GB' if mem is not None else '     - '
         print(f'{mode:14s} {batch / sec[mode]:9.2f} img/s   x{sec["edm"] / sec[mode]:5.2f} vs EDM   peak {mem_str}   '
               f'first batch {first[mode]:7.2f} s   images vs EDM: {image_difference(images[mode], images["edm"])}')

@@ -8,7 +8,6 @@ import pathlib
 import statistics
 import sys
 import tempfile
-import time
 
 import click
 import numpy as np
@@ -46,10 +45,14 @@ def setup(c, device):
                                             device, bf16=c.get('bf16', False), loss_scaling=c.loss_scaling,
                                             compile=c.get('compile', False), channels_last=c.get('channels_last', False))
 
+def schedule_kwargs(c):
+    """The lr ramp and EMA settings of a config, with training_loop()'s defaults where train.py left them out."""
+    defaults = inspect.signature(training_loop.training_loop).parameters
+    return {name: c.get(name, defaults[name].default) for name in ('lr_rampup_kimg', 'ema_halflife_kimg', 'ema_rampup_ratio')}
+
 def loop_step_fn(t, c):
     """The loop's per-step work: data loading, accumulation, lr ramp, nan_to_num, optimizer, EMA, NaN tracking."""
-    defaults = inspect.signature(training_loop.training_loop).parameters
-    opt = {name: c.get(name, defaults[name].default) for name in ('lr_rampup_kimg', 'ema_halflife_kimg', 'ema_rampup_ratio')}
+    opt = schedule_kwargs(c)
     state = dict(nimg=0)
     def step():
         training_loop.train_step(t, state['nimg'], **opt)
@@ -58,21 +61,12 @@ def loop_step_fn(t, c):
 
 def edm_step_fn(t, c, ddp):
     """EDM's plain step (bench/edm_reference.py) on the nets, loss, optimizer and data of setup `t`."""
-    defaults = inspect.signature(training_loop.training_loop).parameters
-    opt = {name: c.get(name, defaults[name].default) for name in ('lr_rampup_kimg', 'ema_halflife_kimg', 'ema_rampup_ratio')}
-    return edm_reference.edm_train_step_fn(t, lr=c.optimizer_kwargs.lr, ddp=ddp, **opt)
+    return edm_reference.edm_train_step_fn(t, lr=c.optimizer_kwargs.lr, ddp=ddp, **schedule_kwargs(c))
 
 def measure(fns, steps, rounds, warmup, device):
     """Median seconds per step of each named function, interleaving rounds so load changes hit all alike; and first-step seconds."""
     def run(fn, n):
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) / n
+        return bench_util.timed(lambda: [fn() for _ in range(n)], device)[0] / n
     first = {name: run(fn, 1) for name, fn in fns.items()} # Includes torch.compile's compilation.
     for fn in fns.values():
         for _ in range(warmup):
@@ -122,7 +116,6 @@ def main(res, channels, arch, cbase, cres, batch, augment, dropout, loss, sigma_
     device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
     if alone:
         modes = modes[-1:]
-    argv = [a for a in sys.argv[1:] if not a.startswith(('--modes', '--memory', '--no-memory', '--steps', '--rounds', '--warmup'))]
     with tempfile.TemporaryDirectory() as tmp:
         data = write_digits_zip(os.path.join(tmp, f'digits{res}.zip'), int(res), rgb=(channels == '3'))
         args = [f'--outdir={tmp}', f'--data={data}', f'--arch={arch}', f'--cbase={cbase}', f'--cres={cres}', f'--batch={batch}',
@@ -143,7 +136,7 @@ def main(res, channels, arch, cbase, cres, batch, augment, dropout, loss, sigma_
         bench_util.report(device)
         return
     for mode in modes:
-        mem = bench_util.child_peak_memory(__file__, [*argv, f'--modes={mode}', '--steps=2', '--rounds=1', '--warmup=1', '--no-memory', '--alone']) if memory else None
+        mem = bench_util.child_peak_memory(__file__, mode, ['--steps=2', '--rounds=1', '--warmup=1']) if memory else None
         mem_str = f'{mem:6.2f} GB' if mem is not None else '     - '
         print(f'{mode:14s} {batch / sec[mode]:9.2f} img/s   x{sec["edm"] / sec[mode]:5.2f} vs EDM   peak {mem_str}   '
               f'first step {first[mode]:7.2f} s')

@@ -3,7 +3,6 @@
 import glob
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +16,9 @@ from ambient.baselines_config import (FixedMaskDataset, build_masked_precond, co
                                       fixed_mask)
 from ambient.config import configure as configure_ambient
 from ambient.loss import augment_pair
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_ambient_config import run as _run # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDM_AUGMENT = dict(class_name='training.augment.AugmentPipe', p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1,
@@ -241,14 +243,6 @@ def test_edm_run_keeps_edms_augmentation(tmp_path):
 
 #----------------------------------------------------------------------------
 # Real training runs (tiny nets, few steps) through train.py and generate.py.
-
-def _run(args, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{args[0]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}')
-    return proc
-
 
 @pytest.fixture(scope='module')
 def flat_data(tmp_path_factory):
