@@ -1,5 +1,5 @@
-"""Speed of the exact top-2 cosine search: chunked float32 blocks (ambient.nn_search, fast=False), the certified
-bfloat16 pass with exact float32 rescoring (fast=True, same result), and one full similarity matrix."""
+"""Speed of the exact top-2 cosine search: the float32 candidate pass (ambient.nn_search, fast=False), the certified
+bfloat16 pass (fast=True, the same bytes), and one full similarity matrix."""
 
 import os
 import sys
@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) # run as a script from anywhere
 from ambient import nn_search # pylint: disable=wrong-import-position
+from torch_utils import cpu_features # pylint: disable=wrong-import-position
 
 
 def _naive_top2(queries, keys):
@@ -53,14 +54,16 @@ def _rates(fns, queries, keys, repeats):
 @click.option('--chunk', help='Chunk size of the blocked search', type=int, default=nn_search.DEFAULT_CHUNK, show_default=True)
 @click.option('--repeats', help='Timed repeats (best is kept)', type=int, default=3, show_default=True)
 @click.option('--device', help='Where to search', type=str, default='cpu', show_default=True)
+@click.option('--whole', help='Also time one certified bf16 search of all --samples against each training set', is_flag=True)
 @click.option('--quick', help='Small run for a smoke test (train 3000,20000, dim 256, 512 samples timed, one repeat)', is_flag=True)
-def main(samples, train_sizes, dim, measure, naive_measure, chunk, repeats, device, quick):
+def main(samples, train_sizes, dim, measure, naive_measure, chunk, repeats, device, whole, quick): # pylint: disable=too-many-locals
     """Samples/second of exact top-2 cosine search on random features: exact float32, bf16+rescoring, naive."""
     if quick:
         train_sizes, dim, measure, naive_measure, repeats = '3000,20000', 256, 512, 512, 1
     sizes = [int(x) for x in train_sizes.split(',')]
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
+    print(cpu_features.describe())
     where = f'{torch.cuda.get_device_name(device)}' if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'
     print(f'device {where}, dim {dim}, chunk {chunk}; rates are measured on '
           f'{measure} (chunked) / {naive_measure} (naive) samples and scaled to {samples} samples')
@@ -75,14 +78,24 @@ def main(samples, train_sizes, dim, measure, naive_measure, chunk, repeats, devi
         q = queries[:measure]
         ev, ei = nn_search.cosine_topk(q, keys, chunk=chunk, backend='torch', fast=False)
         fv, fi = nn_search.cosine_topk(q, keys, chunk=chunk, backend='torch', fast=True)
-        assert torch.equal(ei, fi) and torch.equal(ev, fv), 'fast path differs from the exact path'
+        assert torch.equal(ei, fi) and torch.equal(ev, fv), 'fast path differs from the exact path (indices or float32 bytes)'
         assert torch.equal(ei[:64], _naive_top2(q[:64], keys)[1])
-        fallback = len(nn_search._cosine_topk_bf16(nn_search.normalize(q), nn_search.normalize(keys), 2, chunk)[2]) if device.type == 'cpu' else 0 # pylint: disable=protected-access
+        fallback = len(nn_search.cosine_search(q, keys, k=2, chunk=chunk, backend='torch', fast=True)[2])
         print(f'train {m:>7}: exact fp32 {exact:8.0f} samples/s ({samples / exact:6.1f} s for {samples}) | '
               f'bf16+rescore {fast:8.0f} samples/s ({samples / fast:6.1f} s; fallback {fallback}/{len(q)}) | '
               f'naive {naive:8.0f} samples/s ({samples / naive:6.1f} s) | fast/exact {fast / exact:.2f}x')
         ratios.append((m, fast / exact))
     print('ratio fast/exact samples/s: ' + ', '.join(f'train {m}: {r:.2f}x' for m, r in ratios))
+    if whole:
+        for m in sizes:
+            keys = torch.randn([m, dim], generator=g).to(device)
+            queries = torch.randn([samples, dim], generator=g).to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            _, _, fallback = nn_search.cosine_search(queries, keys, k=2, chunk=chunk, backend='torch', fast=True)
+            _sync(device)
+            print(f'whole search {samples} x {m} x {dim}, bf16 candidates + exact scores: '
+                  f'{time.perf_counter() - t0:.1f} s (fallback {len(fallback)}/{samples})')
 
 
 if __name__ == '__main__':

@@ -135,9 +135,8 @@ def test_bf16_cosine_near_ties_fall_back_and_match():
     keys[200:230] = keys[7] + 1e-4 * torch.randn([30, 128], generator=g)    # near-duplicates
     q[:40] = keys[5] + 1e-3 * torch.randn([40, 128], generator=g)
     q[40:80] = keys[7] + 1e-3 * torch.randn([40, 128], generator=g)
-    qn, kn = nn_search.normalize(q), nn_search.normalize(keys)
-    _, _, fallback = nn_search._cosine_topk_bf16(qn, kn, 2, 64) # pylint: disable=protected-access
-    assert len(fallback) >= 80 and len(fallback) < len(q) # near-ties fall back, the rest is certified
+    _, _, fallback = nn_search.cosine_search(q, keys, k=2, chunk=64, fast=True)
+    assert len(fallback) >= 40 and len(fallback) < len(q) # exact ties fall back, the rest is certified
     ev, ei = _exact_cosine(q, keys, 2)
     fv, fi = nn_search.cosine_topk(q, keys, k=2, chunk=64, fast=True)
     assert torch.equal(ei, fi) and torch.equal(ev, fv)
@@ -156,3 +155,79 @@ def test_fast_option_validated():
     q, keys = _random(4, 10, 8, seed=12)
     with pytest.raises(ValueError):
         nn_search.cosine_topk(q, keys, fast='maybe')
+
+
+_DETERMINISM_SCRIPT = r'''
+import sys, torch
+from ambient import nn_search
+torch.set_num_threads(int(sys.argv[1]))
+g = torch.Generator().manual_seed(13)
+keys = torch.randn([3000, 384], generator=g)
+keys[100:120] = keys[5]                                           # exact duplicates
+keys[200:230] = keys[7] + 1e-5 * torch.randn([30, 384], generator=g)  # near-duplicates
+q = torch.randn([200, 384], generator=g)
+q[:30] = keys[5] + 1e-2 * torch.randn([30, 384], generator=g)
+q[30:60] = keys[7] + 1e-3 * torch.randn([30, 384], generator=g)
+q[60:70] = keys[300:310]                                          # exact copies
+pixels = torch.randint(0, 256, [3000, 768], generator=g)              # L2 as the memorization metric runs it:
+pixels[100:120] = pixels[5]                                           # float64 queries of integer pixels
+pixels[200:230] = (pixels[7] + torch.randint(-1, 2, [30, 768], generator=g)).clamp(0, 255)
+pixels = pixels.to(torch.uint8)
+pq = pixels[torch.arange(0, 3000, 15)].double()
+pq[:30] += torch.randint(-2, 3, [30, 768], generator=g)
+out = []
+for fast in (False, True):
+    for chunk in (16, nn_search.DEFAULT_CHUNK):
+        v, i = nn_search.cosine_topk(q, keys, k=2, chunk=chunk, backend='torch', fast=fast)
+        out.append(v.numpy().tobytes().hex() + ':' + i.numpy().tobytes().hex())
+        d, j = nn_search.l2_topk(pq, pixels, k=2, chunk=chunk, backend='torch')
+        out.append(d.numpy().tobytes().hex() + ':' + j.numpy().tobytes().hex())
+print('\n'.join(out))
+'''
+
+
+def test_same_result_for_any_threads_chunk_and_path(tmp_path):
+    # The reported neighbours and values depend on the features only: 1 or 2 threads, chunk 16 or the
+    # default, the float32 or bfloat16 candidate pass all give the same bytes (kernels of other shapes and
+    # other CPUs round the candidate scores differently; the exact rescoring removes that).
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(nn_search.__file__)))
+    runs = []
+    for threads in ('1', '2'):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONPATH=repo)
+        proc = subprocess.run([sys.executable, '-c', _DETERMINISM_SCRIPT, threads], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(proc.stdout.splitlines())
+    cosine = [line for run in runs for line in run[0::2]]
+    l2 = [line for run in runs for line in run[1::2]]
+    assert len(cosine) == 8 and len(set(cosine)) == 1
+    assert len(l2) == 8 and len(set(l2)) == 1
+
+
+def test_values_are_the_exact_cosine_rounded_once():
+    import math
+    q, keys = _random(20, 500, 256, seed=14)
+    v, i = nn_search.cosine_topk(q, keys, k=2, chunk=32, fast=False)
+    for r in range(20):
+        for c in range(2):
+            a, b = q[r].double().tolist(), keys[i[r, c]].double().tolist()
+            exact = math.fsum(x * y for x, y in zip(a, b)) / math.sqrt(math.fsum(x * x for x in a) * math.fsum(y * y for y in b))
+            # One float32 rounding of a float64 value within 1e-15 of the exact cosine.
+            assert abs(v[r, c].item() - exact) <= 2.0**-24 * abs(exact) + 1e-15
+    best = (nn_search.normalize(q).double() @ nn_search.normalize(keys).double().T).topk(2, dim=1).indices
+    assert torch.equal(i, best)
+
+
+def test_fixed_order_sum_matches_fsum_and_ignores_layout():
+    import math
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn([7, 1000], generator=g, dtype=torch.float64) * 1e3
+    s = nn_search.fixed_order_sum(x)
+    for r in range(7):
+        assert abs(s[r].item() - math.fsum(x[r].tolist())) <= 1e-9
+    # The same row gives the same bits alone, in a batch, or as a non-contiguous view.
+    assert torch.equal(nn_search.fixed_order_sum(x[3:4]), s[3:4])
+    assert torch.equal(nn_search.fixed_order_sum(x.T.contiguous().T), s)
