@@ -10,7 +10,7 @@ import torch
 import tqdm
 
 import dnnlib
-from torch_utils import distributed as dist
+from torch_utils import cpu_features, distributed as dist
 from training import sampler
 from training.snapshot import load_network
 
@@ -80,7 +80,7 @@ def resolve_network(network_pkl):
 
 
 def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batch_size=64, grid=None, device=None,
-             bf16=False, compile=False, **sampler_kwargs):
+             bf16=False, compile=False, channels_last=False, **sampler_kwargs):
     """Write one PNG per seed (this rank's share of the seeds); rank 0 also writes the grid."""
     device = dist.get_device() if device is None else torch.device(device)
     check_sampler_options(**sampler_kwargs)
@@ -98,8 +98,11 @@ def generate(network_pkl, outdir, seeds, subdirs=False, class_idx=None, max_batc
     except ValueError as e:
         raise dnnlib.util.UserError(f'--class: {e}') from None
 
-    if bf16 or compile:
-        net = sampler.Denoiser(net, bf16=bf16, compile=compile)
+    if bf16 or compile or channels_last:
+        net = sampler.Denoiser(net, bf16=bf16, compile=compile, channels_last=channels_last)
+    note = cpu_features.bf16_note(bf16, channels_last, device)
+    if note:
+        dist.print0(note)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}"...')
     batches = rank_batches(seeds, max_batch_size, dist.get_rank(), dist.get_world_size())
     for batch_idx, batch_seeds in enumerate(tqdm.tqdm(batches, unit='batch', disable=(dist.get_rank() != 0))):
@@ -139,6 +142,7 @@ def _parse_seeds(ctx, param, value): # pylint: disable=unused-argument
 @click.option('--grid',                    help='Also tile all images into one PNG  [alone: OUTDIR-grid.png]', metavar='[PNG]', type=str, default=None, is_flag=False, flag_value='')
 @click.option('--bf16',                    help='bfloat16 autocast in the network (images change slightly)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--compile',                 help='torch.compile the denoiser (changes rounding only)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--channels_last',           help='Feed the network NHWC batches (changes rounding only; with --bf16 on AMX CPUs)', metavar='BOOL', type=bool, default=False, show_default=True)
 
 @click.option('--steps', 'num_steps',      help='Number of sampling steps', metavar='INT',                          type=click.IntRange(min=1), default=18, show_default=True)
 @click.option('--sigma_min',               help='Lowest noise level  [default: varies]', metavar='FLOAT',           type=dnnlib.util.FiniteFloat(min=0, min_open=True))
@@ -157,7 +161,8 @@ def main(**kwargs):
     """Generate images with EDM's samplers, one PNG per seed.
 
     The image of a seed depends only on the seed and the sampler options, never on --batch or the
-    number of processes.
+    number of processes (up to the rounding of the network's kernels, which other batch shapes and
+    CPUs may change: at most one grey level on a few pixels).
 
     Examples:
 

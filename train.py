@@ -10,7 +10,7 @@ import torch
 
 import dnnlib
 from ambient.loss import AUG_ORDERS as AMBIENT_AUG_ORDERS, SPLITS as AMBIENT_SPLITS # The option lists' one source.
-from torch_utils import distributed as dist
+from torch_utils import cpu_features, distributed as dist
 
 # Loss families: `edm` is the preconditioner's native loss; the others name a configure(c, opts) -> tag function,
 # imported only when chosen.
@@ -296,6 +296,9 @@ def _print_options(c, opts):
     fast = [name for name in FAST_PATHS if opts.get(name)]
     if fast:
         dist.print0(f'Fast paths:              {", ".join(fast)}')
+    note = cpu_features.bf16_note(opts.bf16, opts.get('channels_last'), dist.get_device())
+    if note:
+        dist.print0(note)
     dist.print0()
 
 #----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from training import networks, sampler # pylint: disable=wrong-import-position
 import edm_reference # pylint: disable=wrong-import-position
 import bench_util # pylint: disable=wrong-import-position
+from torch_utils import cpu_features # pylint: disable=wrong-import-position
 
 # Named network configs: EDMPrecond keyword arguments (DDPM++ U-Nets as train.py --arch=ddpmpp builds them).
 _DDPMPP = dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
@@ -27,7 +28,8 @@ CONFIGS = {
 }
 
 # Our sampling paths: sampler.Denoiser options (generate.py --bf16 / --compile); 'ours' is the exact default.
-MODES = {'ours': {}, 'bf16': dict(bf16=True), 'compile': dict(compile=True), 'bf16+compile': dict(bf16=True, compile=True)}
+MODES = {'ours': {}, 'bf16': dict(bf16=True), 'compile': dict(compile=True), 'bf16+compile': dict(bf16=True, compile=True),
+         'channels_last': dict(channels_last=True), 'bf16+cl': dict(bf16=True, channels_last=True)}
 
 
 def random_network(config, seed=0):
@@ -125,6 +127,7 @@ def main(config, network_pkl, batch, num_steps, modes, repeats, whole, seeds, me
         return
     where = f'{torch.get_num_threads()} threads' if device.type == 'cpu' else torch.cuda.get_device_name(device)
     what = network_pkl or f'{config} (random weights)'
+    print(cpu_features.describe())
     print(f'device {device} ({where}), torch {torch.__version__}; {what}; batch {batch}, {num_steps} steps '
           f'({2 * num_steps - 1} network evaluations), median of {repeats}')
     for mode in modes:

@@ -19,6 +19,7 @@ import train # pylint: disable=wrong-import-position
 from training import checkpoint, dataset, dataset_sources, training_loop # pylint: disable=wrong-import-position
 import edm_reference # pylint: disable=wrong-import-position
 import bench_util # pylint: disable=wrong-import-position
+from torch_utils import cpu_features # pylint: disable=wrong-import-position
 
 #----------------------------------------------------------------------------
 
@@ -90,6 +91,8 @@ MODES = {
     'compile':       ['--compile=1'],
     'bf16+compile':  ['--bf16=1', '--compile=1'],
     'fast':          ['--bf16=1', '--compile=1', '--fused=1'],
+    'bf16+cl+fused': ['--bf16=1', '--channels_last=1', '--fused=1'],
+    'fast+cl':       ['--bf16=1', '--channels_last=1', '--compile=1', '--fused=1'],
 }
 
 @click.command()
@@ -122,6 +125,7 @@ def main(res, channels, arch, cbase, cres, batch, augment, dropout, loss, sigma_
                 f'--augment={augment}', f'--dropout={dropout}', f'--workers={workers}', '--seed=0']
         loss_args = ['--loss=ambient', f'--sigma_tn={sigma_tn}'] if loss == 'ambient' else []
         where = f'{torch.get_num_threads()} threads' if device.type == 'cpu' else torch.cuda.get_device_name(device)
+        print(cpu_features.describe())
         print(f'device {device} ({where}), torch {torch.__version__}; digits {res}x{res}x{channels}, {arch} cbase {cbase} '
               f'cres {cres}, batch {batch}, augment {augment}, dropout {dropout}, our loss {loss}; {steps} steps x {rounds} '
               f'rounds, median; ratios to EDM\'s plain step (no DDP)')

@@ -67,12 +67,12 @@ def _gradients(c, **kwargs):
     return torch.cat([p.grad.flatten() for p in t.net.parameters()])
 
 
-@pytest.mark.parametrize('option,min_cosine', [('channels_last', 1 - 1e-6), ('bf16', 0.99),
+@pytest.mark.parametrize('option,min_cosine', [('channels_last', 1 - 1e-6), ('bf16', 0.99), ('bf16+channels_last', 0.99),
                                                pytest.param('compile', 1 - 1e-6, marks=pytest.mark.slow)]) # compile: ~60 s cold
 def test_fast_training_paths_give_the_exact_gradients_up_to_precision(tmp_path, option, min_cosine):
     # Dropout and augmentation draw the same numbers on every path, so the gradients are comparable one to one.
     c = tiny_config(make_image_zip(tmp_path / 'data.zip'), tmp_path)
-    exact, fast = _gradients(c), _gradients(c, **{option: True})
+    exact, fast = _gradients(c), _gradients(c, **{name: True for name in option.split('+')})
     if option != 'compile': # Compiled kernels may happen to round alike.
         assert not torch.equal(exact, fast) # The path is really in use.
     assert torch.nn.functional.cosine_similarity(exact, fast, dim=0) > min_cosine

@@ -37,6 +37,14 @@ def run_cli(args):
 def read_images(folder, seeds, subdirs=False):
     return {s: np.array(PIL.Image.open(generate.image_path(str(folder), s, subdirs))) for s in seeds}
 
+
+def assert_same_image(a, b):
+    """Same seed, same image, up to the rounding of the network's kernels: other batch sizes, thread counts and
+    CPUs may pick other convolution algorithms, which can move a pixel across a rounding boundary. Tolerance:
+    at most 1 grey level, on at most 1% of the pixels (a wrong seed or noise stream changes most pixels)."""
+    diff = np.abs(a.astype(np.int32) - b.astype(np.int32))
+    assert a.shape == b.shape and diff.max() <= 1 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())
+
 #----------------------------------------------------------------------------
 
 def test_images_depend_only_on_seed(net_files, tmp_path):
@@ -49,14 +57,14 @@ def test_images_depend_only_on_seed(net_files, tmp_path):
         outs[batch] = read_images(out, range(8))
     for s in range(8):
         assert PIL.Image.open(generate.image_path(str(tmp_path / 'b3'), s, False)).mode == 'L'
-        assert np.array_equal(outs[8][s], outs[3][s])
+        assert_same_image(outs[8][s], outs[3][s])
     assert len({outs[8][s].tobytes() for s in range(8)}) == 8
     # A subset in another order, from the safetensors snapshot, gives the same images.
     out = tmp_path / 'subset'
     code, text = run_cli([f'--network={net_files["safetensors"]}', f'--outdir={out}', '--seeds=6,2,5', '--batch=2'] + SAMPLER_ARGS)
     assert code == 0, text
     for s, image in read_images(out, [6, 2, 5]).items():
-        assert np.array_equal(image, outs[8][s])
+        assert_same_image(image, outs[8][s])
 
 
 def test_two_torchrun_processes_match_one(net_files, tmp_path):
@@ -68,7 +76,8 @@ def test_two_torchrun_processes_match_one(net_files, tmp_path):
     proc = subprocess.run(cmd, cwd=os.path.dirname(generate.__file__), env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = read_images(one, range(7)), read_images(two, range(7))
-    assert all(np.array_equal(a[s], b[s]) for s in range(7))
+    for s in range(7):
+        assert_same_image(a[s], b[s])
 
 
 def test_class_subdirs_and_grid(net_files, tmp_path):

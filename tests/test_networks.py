@@ -415,3 +415,50 @@ def test_invalid_configuration_rejected():
         networks.SongUNet(img_resolution=8, in_channels=3, out_channels=3, encoder_type='bogus')
     with pytest.raises(ValueError):
         networks.EDMPrecond(img_resolution=8, img_channels=3, model_type='NoSuchUNet')
+
+
+def _nhwc_ddpmpp():
+    """A small DDPM++ with attention at 8x8 and the 2x2 box resampling filter, in training mode."""
+    torch.manual_seed(0)
+    return networks.EDMPrecond(img_resolution=16, img_channels=3, label_dim=0, model_type='SongUNet',
+                               model_channels=32, channel_mult=[1, 2], attn_resolutions=[8], num_blocks=1,
+                               dropout=0, embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                               channel_mult_noise=1, resample_filter=[1, 1])
+
+
+def test_bf16_nhwc_path_keeps_nhwc_and_matches_nchw():
+    # --bf16 --channels_last: every 4-D activation stays NHWC (attention, resampling and group norm included), and
+    # the result is the NCHW bfloat16 network's up to bfloat16 rounding.
+    net = _nhwc_ddpmpp()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn([4, 3, 16, 16], generator=g)
+    sigma = torch.rand([4], generator=g) + 0.5
+    layouts = []
+    def hook(_module, _inputs, out):
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[1] > 3:
+            layouts.append(out.is_contiguous(memory_format=torch.channels_last))
+    handles = [m.register_forward_hook(hook) for m in net.model.modules()]
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        nhwc = net(x.contiguous(memory_format=torch.channels_last), sigma)
+    for h in handles:
+        h.remove()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        nchw = net(x, sigma)
+    exact = net(x, sigma).detach()
+    assert len(layouts) > 20 and all(layouts)
+    assert (nhwc - exact).abs().max() < 0.05 * exact.abs().max()
+    assert (nhwc - nchw).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_box_resampling_shortcuts_equal_the_depthwise_filters():
+    # The NHWC bfloat16 path replaces the 2x2 box filter's depthwise convolutions by nearest upsampling (the same
+    # values) and 2x2 average pooling (the same sums, another order).
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn([2, 8, 6, 6], generator=g).to(torch.bfloat16)
+    f = networks._fir_filter_2d([1, 1]).to(torch.bfloat16) # pylint: disable=protected-access
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    assert networks._nhwc_bf16(nhwc) and not networks._nhwc_bf16(x) # pylint: disable=protected-access
+    assert torch.equal(networks._upsample2x(nhwc, f, 0), networks._upsample2x(x, f, 0)) # pylint: disable=protected-access
+    down = networks._downsample2x(nhwc, f, 0).float() # pylint: disable=protected-access
+    assert (down - networks._downsample2x(x, f, 0).float()).abs().max() <= 2**-7 * x.abs().max() # pylint: disable=protected-access
+    assert (down - torch.nn.functional.avg_pool2d(x.float(), 2)).abs().max() <= 2**-7 * x.abs().max()

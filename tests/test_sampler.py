@@ -199,6 +199,17 @@ def test_bf16_denoiser_runs_in_bfloat16_and_stays_close(make_tiny_cond_net):
     assert np.abs(images - bf16).mean() < 2 # uint8 levels; docs/performance.md states the measured difference.
 
 
+def test_channels_last_denoiser_changes_rounding_only(make_tiny_cond_net):
+    net = make_tiny_cond_net()
+    x = torch.randn([4, 1, 8, 8], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        exact, nhwc = net(x, torch.tensor(1.5)), sampler.Denoiser(net, channels_last=True)(x, torch.tensor(1.5))
+    assert nhwc.is_contiguous() and (nhwc - exact).abs().max() < 1e-5
+    images = sampler.generate_images(net, range(4), num_steps=4).numpy().astype(int)
+    cl = sampler.generate_images(sampler.Denoiser(net, channels_last=True), range(4), num_steps=4).numpy().astype(int)
+    assert np.abs(images - cl).max() <= 1
+
+
 @pytest.mark.slow # torch.compile: ~35 s with a cold inductor cache.
 def test_compiled_denoiser_matches_the_network_up_to_rounding(make_tiny_cond_net):
     net = make_tiny_cond_net()

@@ -56,3 +56,17 @@ def describe():
     """One line naming the CPU, its bfloat16 support and the thread count, for the first line of a benchmark."""
     return (f'CPU: {cpu_name()}; bf16: {bf16_kind()}; torch {torch.__version__}, {torch.get_num_threads()} threads, '
             f'oneDNN {"on" if torch.backends.mkldnn.is_available() else "off"}')
+
+
+def bf16_note(bf16, channels_last, device):
+    """A line for users of --bf16 on this CPU (None where there is nothing to say): emulated bfloat16 is slower than
+    float32; AMX wants NHWC batches."""
+    if not bf16 or torch.device(device).type != 'cpu':
+        return None
+    kind = bf16_kind()
+    if kind == NONE:
+        return ('Note: this CPU has no native bfloat16 (neither AMX nor AVX512-BF16): --bf16 is emulated here and runs '
+                'slower than float32.')
+    if kind == AMX and not channels_last:
+        return 'Note: this CPU has AMX: add --channels_last=1 to --bf16 for its fast NHWC bfloat16 kernels.'
+    return None

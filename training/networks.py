@@ -35,15 +35,27 @@ def _fir_filter_2d(taps):
     return (torch.outer(f, f) / f.sum().square())[None, None]
 
 
+def _nhwc_bf16(x):
+    """A bfloat16 NHWC batch: the --bf16 --channels_last fast path (AMX CPUs), which some layers route differently."""
+    return x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _upsample2x(x, f, padding):
     """Depthwise transposed FIR convolution with stride 2 (filter gain 4 keeps the mean)."""
     channels = x.shape[1]
+    if f.shape[-1] == 2 and padding == 0 and _nhwc_bf16(x):
+        # The 2x2 box filter at stride 2 copies each pixel into a 2x2 block: nearest-neighbour upsampling,
+        # the same values, without the slow depthwise NHWC bfloat16 kernel.
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode='nearest')
     return torch.nn.functional.conv_transpose2d(x, (f * 4).tile([channels, 1, 1, 1]), groups=channels, stride=2, padding=padding)
 
 
 def _downsample2x(x, f, padding):
     """Depthwise FIR convolution with stride 2."""
     channels = x.shape[1]
+    if f.shape[-1] == 2 and padding == 0 and _nhwc_bf16(x):
+        # The 2x2 box filter at stride 2 is a 2x2 average (summed in another order: bfloat16 path only).
+        return torch.nn.functional.avg_pool2d(x, 2)
     return torch.nn.functional.conv2d(x, f.tile([channels, 1, 1, 1]), groups=channels, stride=2, padding=padding)
 
 
@@ -112,6 +124,10 @@ class Conv2d(torch.nn.Module):
             if self.down:
                 x = _downsample2x(x, f, padding=f_pad)
             if w is not None:
+                if self.bias is not None and x.dtype == torch.bfloat16:
+                    # bfloat16 only (train.py/generate.py --bf16): the bias joins the convolution's float32
+                    # accumulator, one pass and one rounding fewer. float32/float16 keep EDM's separate addition.
+                    return torch.nn.functional.conv2d(x, w, self.bias.to(x.dtype), padding=w_pad)
                 x = torch.nn.functional.conv2d(x, w, padding=w_pad)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
@@ -130,6 +146,12 @@ class GroupNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x):
+        if _nhwc_bf16(x):
+            # PyTorch's NHWC group norm is several times slower than its NCHW one in bfloat16 on CPUs; two
+            # layout copies cost less. Same arithmetic.
+            y = torch.nn.functional.group_norm(x.contiguous(), num_groups=self.num_groups, weight=self.weight.to(x.dtype),
+                                               bias=self.bias.to(x.dtype), eps=self.eps)
+            return y.contiguous(memory_format=torch.channels_last)
         return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype),
                                               bias=self.bias.to(x.dtype), eps=self.eps)
 
@@ -223,8 +245,12 @@ class UNetBlock(torch.nn.Module):
         qkv = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, height * width)
         q, k, v = qkv.unbind(2)
         w = AttentionOp.apply(q, k)
-        a = torch.bmm(v, w.transpose(1, 2))
-        return (self.proj(a.reshape(n, c, height, width)) + x) * self.skip_scale
+        a = torch.bmm(v, w.transpose(1, 2)).reshape(n, c, height, width)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # Keep NHWC batches NHWC (--channels_last): the convolutions after this block run faster so. NCHW
+            # batches are untouched.
+            a = a.contiguous(memory_format=torch.channels_last)
+        return (self.proj(a) + x) * self.skip_scale
 
 
 @persistence.persistent_class

@@ -47,23 +47,27 @@ def _to_device(tensor, device):
 #----------------------------------------------------------------------------
 
 class Denoiser:
-    """The network as the samplers call it, optionally under bfloat16 autocast and/or torch.compile.
+    """The network as the samplers call it, optionally under bfloat16 autocast, torch.compile and/or on NHWC batches.
 
     Attributes the samplers read (sigma_min, round_sigma, img_channels, ...) come from the wrapped network.
-    bf16 changes the images slightly; compile changes rounding only (docs/performance.md states both, tests bound them).
+    bf16 changes the images slightly; compile and channels_last change rounding only (docs/performance.md states
+    them, tests bound them). channels_last is what AMX CPUs' bfloat16 convolutions want.
     """
 
-    def __init__(self, net, bf16=False, compile=False):
+    def __init__(self, net, bf16=False, compile=False, channels_last=False):
         self.net = net
         self.bf16 = bf16
+        self.channels_last = channels_last
         self.forward = torch.compile(net) if compile else net
 
     def __getattr__(self, name): # Only reached for names not set in __init__.
         return getattr(self.net, name)
 
     def __call__(self, x, sigma, class_labels=None):
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.forward(x, sigma, class_labels)
+            return self.forward(x, sigma, class_labels).contiguous()
 
 #----------------------------------------------------------------------------
 
