@@ -9,7 +9,7 @@ import click
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) # run as a script from anywhere
-from ambient import nn_search # pylint: disable=wrong-import-position
+from ambient.metrics import nn_search # pylint: disable=wrong-import-position
 from torch_utils import cpu_features # pylint: disable=wrong-import-position
 
 

@@ -34,7 +34,7 @@ import train # pylint: disable=wrong-import-position
 from ambient import export_noisy, memorization, sweep # pylint: disable=wrong-import-position
 from training.dataset import load_images # pylint: disable=wrong-import-position
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_sweep import fake # pylint: disable=wrong-import-position,unused-import # The sweep's fake-tools fixture.
+from test_experiments_sweep import fake # pylint: disable=wrong-import-position,unused-import # The sweep's fake-tools fixture.
 
 CLIS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli,
         'memorization': memorization.cli, 'export_noisy': export_noisy.main, 'sweep': sweep.main}

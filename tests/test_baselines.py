@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import dnnlib
-from ambient import augment_policy
-from ambient.baselines import MaskingEDMLoss, NoisyOnlyEDMLoss
-from ambient.baselines_config import (FixedMaskDataset, build_masked_precond, configure_masking, configure_noisy_only,
+from ambient.method import augment_policy
+from ambient.baselines.loss import MaskingEDMLoss, NoisyOnlyEDMLoss
+from ambient.baselines.config import (FixedMaskDataset, build_masked_precond, configure_masking, configure_noisy_only,
                                       fixed_mask)
-from ambient.config import configure as configure_ambient
-from ambient.loss import augment_pair
+from ambient.method.config import configure as configure_ambient
+from ambient.method.loss import augment_pair
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_ambient_config import run as _run # pylint: disable=wrong-import-position
+from test_method_config import run as _run # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EDM_AUGMENT = dict(class_name='training.augment.AugmentPipe', p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1,

@@ -168,7 +168,7 @@ def test_unpicklable_constructor_argument_is_refused(tmp_path):
 
 # Snapshot pickles are executed inside NVIDIA's EDM checkout by its generate.py, whose torch_utils has
 # only persistence, misc.constant and training_stats.report of what we offer: keep persistent modules to that subset.
-PERSISTENT_MODULES = ['training/networks.py', 'training/loss.py', 'training/augment.py', 'ambient/loss.py', 'ambient/baselines.py']
+PERSISTENT_MODULES = ['training/networks.py', 'training/loss.py', 'training/augment.py', 'ambient/method/loss.py', 'ambient/baselines/loss.py']
 ALLOWED_IMPORTS = {'numpy', 'torch', 'torch.nn.functional', 'torch_utils', 'torch_utils.persistence', 'torch_utils.misc',
                    'torch_utils.training_stats', 'math'}
 

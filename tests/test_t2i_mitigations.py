@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from ambient.dataset import fixed_noise
+from ambient.method.dataset import fixed_noise
 from ambient.t2i import data as t2i_data
 from ambient.t2i import loss as t2i_loss
 from ambient.t2i import mitigations

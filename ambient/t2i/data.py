@@ -2,7 +2,7 @@
 
 A training folder holds images and `metadata.jsonl`, one JSON object per line with `file_name` (relative path)
 and the caption column (`text` by default). Item i is line i of metadata.jsonl: its fixed ambient noise is
-`ambient.dataset.fixed_noise(noise_seed, i, latent_shape)`, a pure function of (noise_seed, i).
+`ambient.method.dataset.fixed_noise(noise_seed, i, latent_shape)`, a pure function of (noise_seed, i).
 """
 
 import hashlib
@@ -14,7 +14,7 @@ import PIL.Image
 import torch
 
 import dnnlib
-from ambient.dataset import fixed_noise
+from ambient.method.dataset import fixed_noise
 
 METADATA = 'metadata.jsonl'
 

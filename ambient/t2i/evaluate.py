@@ -1,7 +1,7 @@
 """Table 3's evaluation of a text-to-image model: generate for the training captions, then memorization
 (mean and 95th percentile of the top-1 similarity to the training set), a CLIP image-text score and an FID.
 
-Memorization reuses `ambient.memorization.compute_memorization` (DINOv2 by default, as the paper), the Frechet
+Memorization reuses `ambient.metrics.memorization.compute_memorization` (DINOv2 by default, as the paper), the Frechet
 distance `training.metrics` (Inception by default). The CLIP score is the mean cosine similarity of CLIP's
 image and text embeddings (Table 3's scale, e.g. 0.306), from a CLIPModel loaded by hub id or local path.
 """
@@ -15,7 +15,7 @@ import PIL.Image
 import torch
 
 import dnnlib
-from ambient import memorization
+from ambient.metrics import memorization
 from ambient.t2i import data as t2i_data
 from ambient.t2i import models
 from training import detectors, metrics

@@ -1,0 +1,213 @@
+"""Train EDM and ambient models over a list of sigma_tn, then measure quality and memorization along training.
+
+Every stage (ambient/experiments/sweep_stages.py) runs one of the project's CLIs as a subprocess or the in-process
+quality metric, and is skipped when its output exists; an output made with other options (training subset,
+train.py options, --samples, --steps, --detector) is refused rather than reused. Outputs appear atomically
+(temporary name, then rename), so a sweep killed at any point resumes where it stopped; a half-trained model
+resumes from its latest training state (train.py --resume). The reports are written by ambient/experiments/sweep_report.py.
+"""
+
+import concurrent.futures
+import itertools
+import os
+import threading
+import time
+
+import numpy as np
+
+import dnnlib
+from ambient.experiments import pareto, sweep_methods
+from ambient.experiments.sweep_report import write_results
+from ambient.experiments.sweep_stages import (fmt_number, read_json, rel_path, check_train_opts, choose_snapshots, collect_row, default_tools,
+                                              eval_dir, generate_samples, list_snapshots, make_figures, measure_memorization,
+                                              measure_quality, prepare_data, run_dir, Runner, stage_threads, train_model)
+from ambient.metrics import thresholds as ambient_thresholds
+from ambient.metrics.heldout import load_labelled
+from training.dataset import ImageFolderDataset, load_images
+
+DEFAULTS = dict(
+    source=None, subset=None, data_seed=0, resolution=None, data=None, heldout=None,
+    sigma_tn=(0.0, 0.5, 1.0), every=0, samples=128, steps=18, gen_batch=64, seeds=(0,),
+    detector='pixel', gpus=None, download=False, train_opts=(), ambient_opts=(), jobs=1, methods=None,
+    thresholds_preset=None,
+)
+
+# The offline demo: scikit-learn's real 8x8 digits, 100 training images; EDM and the ambient method at
+# sigma_tn=0.5 with the uniform split (--ambient_split=uniform, the paper's Algorithm 1: a fair coin per item
+# picks the clean or the noisy regime, see docs/ambient.md), three training seeds each, two models at a time on 2 CPU cores. A small
+# 8x8 SongUNet (16 channels, [1, 2] multipliers, 2 blocks, attention at 4x4) without learning-rate ramp-up
+# (EDM's 10 Mimg ramp-up would keep the rate near zero for such a short run), 1800 iterations at batch 64
+# (115 kimg, 1152 epochs), snapshots at 64 kimg and at the end, each evaluated with 2048 samples. The settings come from
+# the search recorded in docs/results.md: at this length EDM has started copying, the ambient models much less.
+PRESETS = {
+    'demo': dict(
+        source='digits', subset=100, data_seed=0, sigma_tn=(0.0, 0.5), seeds=(0, 1, 2), every=1, samples=2048,
+        steps=18, gen_batch=512, jobs=2, ambient_opts=('--ambient_split=uniform',),
+        train_opts=('--arch=ddpmpp', '--precond=edm', '--cbase=16', '--cres=1,2', '--blocks=2', '--attn=4',
+                    '--dropout=0', '--augment=0', '--batch=64', '--lr=1e-3', '--lr_rampup=0', '--iters=1800',
+                    '--tick=8', '--snap=8', '--dump=8'),
+    ),
+}
+
+#----------------------------------------------------------------------------
+
+def model_stages(cfg, tools, run, data, heldout, num_train, sigma_tn, seed):
+    """Train one (sigma_tn, seed) model and evaluate its chosen snapshots: (rows, notes, final snapshot or None)."""
+    rows, notes = [], []
+    train_model(cfg, tools, run, data.train, sigma_tn, seed)
+    snaps = choose_snapshots(list_snapshots(run_dir(cfg, sigma_tn, seed)), cfg.every)
+    if run.dry_run and not snaps:
+        snaps = [(0, os.path.join(run_dir(cfg, sigma_tn, seed), 'network-snapshot-<kimg>.pkl'))]
+    elif not snaps:
+        notes.append(f'sigma_tn={fmt_number(sigma_tn)} seed {seed}: no snapshot past kimg 0 to evaluate '
+                     '(train for at least 1 kimg).')
+    for kimg, snapshot in snaps:
+        folder = eval_dir(cfg, sigma_tn, seed, kimg)
+        samples = generate_samples(cfg, tools, run, snapshot, folder)
+        measure_memorization(cfg, tools, run, samples, data.train, os.path.join(folder, 'memorization'))
+        if run.dry_run:
+            continue
+        measure_quality(cfg, data, samples, os.path.join(folder, 'quality.json'), heldout)
+        rows.append(collect_row(cfg, sigma_tn, seed, kimg, num_train, data.name))
+    return rows, notes, (snaps[-1][1] if snaps else None)
+
+
+def run_sweep(cfg, tools=None, dry_run=False):
+    """Run every stage of the sweep (skipping finished ones) and write the results; returns the summary dict."""
+    start = time.time()
+    tools = tools or default_tools(cfg)
+    run = Runner(dry_run, threads=stage_threads(cfg.jobs))
+    run.mkdir(cfg.outdir)
+    data = prepare_data(cfg, tools, run)
+    if data.train is None:
+        raise dnnlib.util.UserError('Give --data=ZIP, or --source (with --subset) to build it')
+    notes = []
+    heldout = None
+    if data.heldout is None:
+        notes.append('Quality skipped: no held-out real images (give --heldout, or --source to derive them).')
+    elif not dry_run:
+        heldout = load_labelled(data.heldout)
+        if heldout[1] is None:
+            raise dnnlib.util.UserError(f'{data.heldout} has no class labels; the quality classifier needs them')
+    num_train = None if dry_run else len(load_images(data.train)[0])
+    baseline = None
+    if data.heldout is not None:
+        base_dir = os.path.join(cfg.outdir, 'evals', 'heldout-baseline')
+        measure_memorization(cfg, tools, run, data.heldout, data.train, base_dir)
+        if not dry_run:
+            baseline = read_json(os.path.join(base_dir, 'metrics.json'))
+
+    jobs = [(method, seed) for method, seed in itertools.product(cfg.methods, cfg.seeds)]
+    failed = threading.Event() # After a failure no further model starts; those running finish, then it is raised.
+
+    def stages(method, seed):
+        if failed.is_set():
+            return None
+        try:
+            return model_stages(cfg, tools, run, data, heldout, num_train, method, seed)
+        except BaseException:
+            failed.set()
+            raise
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(cfg.jobs, len(jobs)))) as pool:
+        futures = [pool.submit(stages, s, seed) for s, seed in jobs]
+        concurrent.futures.wait(futures)
+    results = [f.result() for f in futures] # Raises the first failure, in plan order.
+    rows, finals = [], {}
+    for (sigma_tn, seed), (model_rows, model_notes, final) in zip(jobs, results):
+        rows += model_rows
+        notes += model_notes
+        if final is not None and seed == cfg.seeds[0]:
+            finals[sigma_tn] = final
+    figures = make_figures(cfg, tools, run, data.train, finals) if finals else {}
+    if dry_run:
+        return None
+
+    label = f'FD_{data.name}' if heldout is not None else None
+    for r in rows:
+        notes += [n for n in (r['quality'] or {}).get('notes', []) if n not in notes]
+    ok = [i for i, r in enumerate(rows) if r['fd'] is not None]
+    front = [ok[i] for i in pareto.pareto_front([rows[i]['fd'] for i in ok], [rows[i]['ratio_fraction'] for i in ok])]
+    summary = dict(data=dict(train=rel_path(cfg, data.train) if data.train.startswith(cfg.outdir) else data.train,
+                             heldout=data.heldout, num_train=num_train),
+                   sigma_tn=[float(s) for s in cfg.sigma_tn], methods=list(cfg.methods), train_opts=list(cfg.train_opts),
+                   ambient_opts=list(cfg.ambient_opts), thresholds_preset=cfg.thresholds_preset, samples=cfg.samples,
+                   steps=cfg.steps, detector=cfg.detector, quality_metric=label, baseline=baseline,
+                   rows=rows, pareto_front=front, figures=figures, notes=notes, seconds=time.time() - start)
+    write_results(cfg, summary)
+    print(f'Wrote {os.path.join(cfg.outdir, "sweep.md")} and report.md, pareto.png, curves.png')
+    return summary
+
+#----------------------------------------------------------------------------
+
+def parse_float_list(text):
+    """'0,0.5,1' -> (0.0, 0.5, 1.0)."""
+    try:
+        values = tuple(float(x) for x in str(text).split(',') if x.strip() != '')
+    except ValueError:
+        raise dnnlib.util.UserError(f'Cannot parse {text!r} as a comma-separated list of numbers') from None
+    if not values or any(v < 0 or not np.isfinite(v) for v in values):
+        raise dnnlib.util.UserError(f'sigma_tn values must be finite and >= 0, got {text!r}')
+    if len(set(values)) != len(values):
+        raise dnnlib.util.UserError(f'--sigma_tn {text!r} names a value twice (it would plan the same run twice)')
+    return values
+
+def parse_seeds(text):
+    """'0-2' or '0,1,2' (or a mix, as generate.py's --seeds) -> (0, 1, 2); each seed once."""
+    seeds = []
+    try:
+        for part in str(text).split(','):
+            lo, _, hi = part.strip().partition('-')
+            seeds += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise dnnlib.util.UserError(f'--seeds: cannot parse {text!r}; give e.g. 0-2 or 0,3,7') from None
+    if not seeds or min(seeds) < 0:
+        raise dnnlib.util.UserError(f'--seeds: give one or more non-negative seeds, got {text!r}')
+    if len(set(seeds)) != len(seeds):
+        raise dnnlib.util.UserError(f'--seeds: {text!r} names a seed twice')
+    return tuple(seeds)
+
+def make_config(outdir, preset=None, **options):
+    """The sweep's configuration: DEFAULTS, then the preset, then the options given (None = not given)."""
+    cfg = dnnlib.EasyDict(DEFAULTS)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise dnnlib.util.UserError(f'Unknown preset {preset!r}; choose {"|".join(PRESETS)}')
+        cfg.update(PRESETS[preset])
+    extra_opts = tuple(options.pop('train_opts', None) or ())
+    cfg.ambient_opts = tuple(cfg.ambient_opts) + tuple(options.pop('ambient_opts', None) or ())
+    cfg.update({k: v for k, v in options.items() if v is not None})
+    cfg.train_opts = tuple(cfg.train_opts) + extra_opts # Later options win in train.py's parser.
+    cfg.outdir = os.path.abspath(outdir)
+    if options.get('methods') is not None and options.get('sigma_tn') is not None:
+        raise dnnlib.util.UserError('Give --methods or its shorthand --sigma_tn, not both')
+    if isinstance(cfg.sigma_tn, str):
+        cfg.sigma_tn = parse_float_list(cfg.sigma_tn)
+    # The models: --methods, else --sigma_tn as its shorthand (0 -> edm, x -> ambient:x).
+    cfg.methods = sweep_methods.parse_list(cfg.methods) if cfg.methods is not None else \
+        tuple(sweep_methods.parse(s) for s in cfg.sigma_tn)
+    if options.get('methods') is not None:
+        cfg.sigma_tn = tuple(sweep_methods.param(m) for m in cfg.methods if sweep_methods.family(m) in ('edm', 'ambient'))
+    cfg.thresholds_preset = ambient_thresholds.resolve(cfg.thresholds_preset, [cfg.source, cfg.data, cfg.heldout])[0]
+    if isinstance(cfg.seeds, (str, int)):
+        cfg.seeds = parse_seeds(cfg.seeds)
+    check_train_opts(cfg.train_opts + cfg.ambient_opts)
+    for key in ('data', 'heldout'):
+        if cfg[key] is not None:
+            cfg[key] = os.path.abspath(cfg[key])
+            if not os.path.exists(cfg[key]):
+                raise dnnlib.util.UserError(f'--{key} {cfg[key]} does not exist')
+    if cfg.source is not None and cfg.data is not None:
+        raise dnnlib.util.UserError('Give either --source (the sweep builds the training subset) or --data, not both')
+    if cfg.source is not None and cfg.heldout is not None:
+        raise dnnlib.util.UserError('--heldout applies to --data; with --source the held-out images are the rest of the source')
+    for key in ('data', 'heldout'): # Opened now (also for --dry-run), not after hours of training.
+        if cfg[key] is not None:
+            ImageFolderDataset(path=cfg[key], use_labels=(key == 'heldout')).close()
+    if cfg.source is not None and cfg.subset is None:
+        raise dnnlib.util.UserError('--source needs --subset=N (the held-out images are the rest of the source)')
+    if cfg.source is not None and cfg.source != 'digits':
+        cfg.source = os.path.abspath(cfg.source)
+    if cfg.samples < 2:
+        raise dnnlib.util.UserError('--samples must be at least 2')
+    return cfg
