@@ -9,14 +9,14 @@ import click
 import torch
 
 import dnnlib
-from ambient.loss import AUG_ORDERS as AMBIENT_AUG_ORDERS, SPLITS as AMBIENT_SPLITS # The option lists' one source.
+from ambient.method.loss import AUG_ORDERS as AMBIENT_AUG_ORDERS, SPLITS as AMBIENT_SPLITS # The option lists' one source.
 from torch_utils import cpu_features, distributed as dist
 
 # Loss families: `edm` is the preconditioner's native loss; the others name a configure(c, opts) -> tag function,
 # imported only when chosen.
-LOSS_FAMILIES = {'edm': None, 'ambient': 'ambient.config.configure',
-                 'masking': 'ambient.baselines_config.configure_masking', # Table 2 baselines
-                 'noisy_only': 'ambient.baselines_config.configure_noisy_only'}
+LOSS_FAMILIES = {'edm': None, 'ambient': 'ambient.method.config.configure',
+                 'masking': 'ambient.baselines.config.configure_masking', # Table 2 baselines
+                 'noisy_only': 'ambient.baselines.config.configure_noisy_only'}
 FAMILY_OPTIONS = ('sigma_tn', 'ambient_split', 'noise_seed', 'ambient_aug_order', 'ambient_augment',
                   'mask_p', 'mask_delta', 'mask_seed', 'mask_samples')
 

@@ -5,9 +5,9 @@ export_noisy, finetune_t2i, evaluate_t2i. Rooms, the library: method/ (the loss,
 hook), baselines/ (Table 2's masking and noisy-only baselines), metrics/ (memorization, quality, intervals),
 experiments/ (the sweep, its reports and figures), t2i/ (text-to-image).
 
-Snapshots and training options name classes and functions by dotted name, and those written before the rooms
-existed (and those written now: train.py records the same names, so runs resume across versions) use the flat
-names, e.g. `ambient.loss.AmbientEDMLoss`. MOVED maps each flat module name to its room; the finder below makes
+Snapshots and training options name classes and functions by dotted name; those written before the rooms existed
+use the flat names, e.g. `ambient.loss.AmbientEDMLoss` (new runs record `ambient.method.loss.AmbientEDMLoss`; the
+resume check compares class names by the object they resolve to, so old runs resume). MOVED maps each flat module name to its room; the finder below makes
 `import ambient.loss` (and so `construct_class_by_name('ambient.loss.AmbientEDMLoss')` and unpickling) return
 the room's module itself, imported only when first asked for. No flat module exists on disk.
 """

@@ -114,9 +114,9 @@ def test_configure_masking_keeps_edm_untouched_and_builds_everything(tmp_path):
     c = base_config(augment=True)
     tag = configure_masking(c, dnnlib.EasyDict(mask_p=0.2, mask_delta=0.1))
     assert tag == 'masking-p0.2-d0.1'
-    assert c.network_kwargs.class_name == 'ambient.baselines_config.build_masked_precond'
+    assert c.network_kwargs.class_name == 'ambient.baselines.config.build_masked_precond'
     assert c.network_kwargs.inner_class_name == 'training.networks.EDMPrecond'
-    assert c.dataset_kwargs.class_name == 'ambient.baselines_config.FixedMaskDataset' and c.dataset_kwargs.path == 'x.zip'
+    assert c.dataset_kwargs.class_name == 'ambient.baselines.config.FixedMaskDataset' and c.dataset_kwargs.path == 'x.zip'
     assert set(k for k, v in c.augment_kwargs.items() if k not in ('class_name', 'p', 'translate_int_max') and v) == {'xflip', 'yflip', 'translate_int'}
     assert c.network_kwargs.augment_dim == 4
     for bad, msg in ((dict(), 'requires --mask_p'), (dict(mask_p=0.2, sigma_tn=1.0), 'does not apply'),
@@ -186,8 +186,8 @@ def test_configure_noisy_only():
     c = base_config(augment=True)
     tag = configure_noisy_only(c, dnnlib.EasyDict(sigma_tn=0.5, noise_seed=3))
     assert tag == 'noisy_only-tn0.5'
-    assert c.loss_kwargs == dict(class_name='ambient.baselines.NoisyOnlyEDMLoss', sigma_tn=0.5)
-    assert c.dataset_kwargs.class_name == 'ambient.dataset.NoisyCopyDataset' and c.dataset_kwargs.noise_seed == 3
+    assert c.loss_kwargs == dict(class_name='ambient.baselines.loss.NoisyOnlyEDMLoss', sigma_tn=0.5)
+    assert c.dataset_kwargs.class_name == 'ambient.method.dataset.NoisyCopyDataset' and c.dataset_kwargs.noise_seed == 3
     assert not c.augment_kwargs.get('scale') and c.network_kwargs.augment_dim == 4
     with pytest.raises(dnnlib.util.UserError, match='requires --sigma_tn'):
         configure_noisy_only(base_config(), dnnlib.EasyDict())

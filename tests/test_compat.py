@@ -102,3 +102,19 @@ def test_old_run_resumes(family, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'differs' not in proc.stdout + proc.stderr
+
+
+def test_resume_check_compares_class_names_by_what_they_resolve_to():
+    from training import checkpoint # pylint: disable=import-outside-toplevel
+    old = dict(class_name='ambient.loss.AmbientEDMLoss', sigma_tn=0.5)
+    state = {name: json.dumps({}) for name in checkpoint.COMPARED_KWARGS}
+    state['loss_kwargs'] = json.dumps(old)
+    kwargs = {name: {} for name in checkpoint.COMPARED_KWARGS}
+    kwargs['loss_kwargs'] = dict(class_name='ambient.method.loss.AmbientEDMLoss', sigma_tn=0.5)
+    checkpoint.check_resume_compatible(state, **kwargs) # the old flat name is the same class
+    kwargs['loss_kwargs'] = dict(class_name='ambient.method.loss.AmbientVELoss', sigma_tn=0.5)
+    with pytest.raises(dnnlib.util.UserError, match='loss_kwargs.class_name'):
+        checkpoint.check_resume_compatible(state, **kwargs)
+    kwargs['loss_kwargs'] = dict(class_name='no.such.Thing', sigma_tn=0.5)
+    with pytest.raises(dnnlib.util.UserError, match='loss_kwargs.class_name'):
+        checkpoint.check_resume_compatible(state, **kwargs)

@@ -40,9 +40,9 @@ def test_rewrites_loss_and_dataset(precond, loss_class):
     c = default_config(precond)
     tag = configure(c, options(sigma_tn=1.0))
     assert tag == 'ambient-tn1.0-edm'
-    assert c.loss_kwargs == dict(class_name=f'ambient.loss.{loss_class}', sigma_tn=1.0, split='edm', aug_order='noisy')
+    assert c.loss_kwargs == dict(class_name=f'ambient.method.loss.{loss_class}', sigma_tn=1.0, split='edm', aug_order='noisy')
     # The inner kwargs stay where train.py and generate.py look for them (path, use_labels).
-    assert c.dataset_kwargs == dict(class_name='ambient.dataset.NoisyCopyDataset', inner_class_name='training.dataset.ImageFolderDataset',
+    assert c.dataset_kwargs == dict(class_name='ambient.method.dataset.NoisyCopyDataset', inner_class_name='training.dataset.ImageFolderDataset',
                                     path='data.zip', use_labels=False, xflip=True, cache=True, sigma_tn=1.0, noise_seed=0)
     loss_fn = dnnlib.util.construct_class_by_name(**c.loss_kwargs)
     assert loss_fn.sigma_tn == 1.0

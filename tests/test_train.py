@@ -149,7 +149,7 @@ def test_invalid_choice_is_a_usage_error(data, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 def test_dry_run_prints_config_writes_nothing_and_leaves_ambient_unimported(data, tmp_path):
-    already = 'ambient.config' in sys.modules
+    already = 'ambient.method.config' in sys.modules
     result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}', '-n',
                                              '--optimizer=adamw', '--wd=0.01', '--betas=0.9,0.99', '--bf16=1', '--seed=7',
                                              '--blocks=2', '--attn=4', '--lr_rampup=0'])
@@ -161,7 +161,7 @@ def test_dry_run_prints_config_writes_nothing_and_leaves_ambient_unimported(data
     assert options['network_kwargs']['num_blocks'] == 2 and options['network_kwargs']['attn_resolutions'] == [4]
     assert options['lr_rampup_kimg'] == 0
     assert options['run_dir'].endswith('00000-tiny-uncond-ddpmpp-edm-gpus1-batch512-bf16')
-    assert already or 'ambient.config' not in sys.modules
+    assert already or 'ambient.method.config' not in sys.modules
 
 def test_ambient_family_names_the_run(data, tmp_path):
     result = CliRunner().invoke(train.main, [f'--outdir={tmp_path / "out"}', f'--data={data["labelled"]}', '-n',

@@ -10,30 +10,28 @@ AVX512_BF16 = 'avx512_bf16'
 NONE = 'none'
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_flags():
-    """The CPU's feature flags as /proc/cpuinfo lists them (an empty set where it cannot be read)."""
+def _cpuinfo_field(name):
+    """The value of the first /proc/cpuinfo line starting with name (None where it cannot be read)."""
     try:
         with open('/proc/cpuinfo', encoding='ascii', errors='ignore') as f:
             for line in f:
-                if line.startswith('flags'):
-                    return frozenset(line.split(':', 1)[1].split())
+                if line.startswith(name):
+                    return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo lists them (an empty set where it cannot be read)."""
+    return frozenset((_cpuinfo_field('flags') or '').split())
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_name():
     """The CPU's model name ('unknown' where it cannot be read)."""
-    try:
-        with open('/proc/cpuinfo', encoding='ascii', errors='ignore') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
+    return _cpuinfo_field('model name') or platform.processor() or 'unknown'
 
 
 def bf16_kind(flags=None):

@@ -91,7 +91,18 @@ def _first_difference(stored, current, prefix):
             if found is not None:
                 return found
         return None
-    return None if stored == current else prefix
+    if stored == current or (prefix.endswith('class_name') and _same_object(stored, current)):
+        return None
+    return prefix
+
+def _same_object(a, b):
+    """Two dotted names of one class or function (a package may keep an old name as an alias of a moved one)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    try:
+        return dnnlib.util.get_obj_by_name(a) is dnnlib.util.get_obj_by_name(b)
+    except Exception: # pylint: disable=broad-except # An unresolvable name is simply a different one.
+        return False
 
 def check_resume_compatible(state, **kwargs):
     """Raise UserError naming the first key of network/loss/dataset kwargs that differs from the stored run."""

@@ -9,10 +9,10 @@ from ambient.method import augment_policy
 from ambient.method.dataset import WrappedDataset, check_seed
 
 EDM_PRECOND = 'training.networks.EDMPrecond'
-# Recorded dotted names: the flat ones (aliases, see ambient/__init__.py and baselines/__init__.py), so runs resume across versions.
-MASK_DATASET = 'ambient.baselines_config.FixedMaskDataset'
-NOISY_DATASET = 'ambient.dataset.NoisyCopyDataset'
-MASKED_NET = 'ambient.baselines_config.build_masked_precond'
+# Recorded dotted names (older runs' flat names resolve to the same objects: ambient/__init__.py, baselines/__init__.py).
+MASK_DATASET = 'ambient.baselines.config.FixedMaskDataset'
+NOISY_DATASET = 'ambient.method.dataset.NoisyCopyDataset'
+MASKED_NET = 'ambient.baselines.config.build_masked_precond'
 AMBIENT_OPTIONS = ('sigma_tn', 'ambient_split', 'noise_seed', 'ambient_aug_order')
 MASKING_OPTIONS = ('mask_p', 'mask_delta', 'mask_seed', 'mask_samples')
 
@@ -106,7 +106,7 @@ def configure_masking(c, opts):
     inner_net = {k: v for k, v in c.network_kwargs.items() if k != 'class_name'}
     c.network_kwargs = dnnlib.EasyDict(class_name=MASKED_NET, inner_class_name=EDM_PRECOND, **inner_net, mask_p=float(p),
                                        mask_delta=delta, sample_masks=samples, sample_mask_seed=seed)
-    c.loss_kwargs = dnnlib.EasyDict(class_name='ambient.baselines.MaskingEDMLoss', **_loss_params(c), mask_delta=delta)
+    c.loss_kwargs = dnnlib.EasyDict(class_name='ambient.baselines.loss.MaskingEDMLoss', **_loss_params(c), mask_delta=delta)
     inner, inner_class = _inner_dataset(c)
     c.dataset_kwargs = dnnlib.EasyDict(class_name=MASK_DATASET, inner_class_name=inner_class, **inner,
                                        mask_p=float(p), mask_seed=seed)
@@ -128,7 +128,7 @@ def configure_noisy_only(c, opts):
         raise dnnlib.util.UserError(f'--sigma_tn must be in (0, 80) for --loss=noisy_only, got {sigma_tn:g}')
     seed = opts.get('noise_seed')
     seed = 0 if seed is None else int(seed)
-    c.loss_kwargs = dnnlib.EasyDict(class_name='ambient.baselines.NoisyOnlyEDMLoss', **_loss_params(c), sigma_tn=sigma_tn)
+    c.loss_kwargs = dnnlib.EasyDict(class_name='ambient.baselines.loss.NoisyOnlyEDMLoss', **_loss_params(c), sigma_tn=sigma_tn)
     inner, inner_class = _inner_dataset(c)
     c.dataset_kwargs = dnnlib.EasyDict(class_name=NOISY_DATASET, inner_class_name=inner_class, **inner,
                                        sigma_tn=sigma_tn, noise_seed=seed)

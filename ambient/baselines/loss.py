@@ -140,7 +140,7 @@ class MaskingEDMLoss:
 
     def __call__(self, net, images, labels=None, augment_pipe=None, mask=None):
         if mask is None:
-            raise ValueError('the masking loss needs mask: wrap the dataset in ambient.baselines_config.FixedMaskDataset')
+            raise ValueError('the masking loss needs mask: wrap the dataset in ambient.baselines.config.FixedMaskDataset')
         mask = mask.to(images.dtype)
         y = images * mask  # A x0: every later step sees only this.
         sigma = _edm_sigma(images.shape[0], images.device, self.P_mean, self.P_std)
@@ -189,7 +189,7 @@ class NoisyOnlyEDMLoss:
 
     def __call__(self, net, images, labels=None, augment_pipe=None, tn_noise=None):
         if tn_noise is None:
-            raise ValueError('the noisy-only loss needs tn_noise: wrap the dataset in ambient.dataset.NoisyCopyDataset')
+            raise ValueError('the noisy-only loss needs tn_noise: wrap the dataset in ambient.method.dataset.NoisyCopyDataset')
         x_tn = images + self.sigma_tn * tn_noise.to(images.dtype)  # The only use of the clean images.
         del images
         N = x_tn.shape[0]

@@ -8,14 +8,15 @@ from ambient.method.loss import AUG_ORDERS, SPLITS
 
 # Native loss of each preconditioner (as train.py builds it) -> its ambient twin and the largest sigma the
 # preconditioner is meant for (EDM's samplers stop at 80 for EDMPrecond; VE at sigma_max=100; VP at sigma(1)).
-# The dotted names are the ones runs record (training_options.json, training states): they stay the flat names
-# (aliases of ambient/method/, see ambient/__init__.py) so that runs resume across versions.
+# Runs record these dotted names (training_options.json, training states). Runs from before the rooms recorded
+# the flat names (ambient.loss...); those resolve to the same classes (ambient/__init__.py), and the resume check
+# compares class names by what they resolve to.
 _PRECONDS = {
-    'training.networks.EDMPrecond': ('ambient.loss.AmbientEDMLoss', 80.0),
-    'training.networks.VEPrecond': ('ambient.loss.AmbientVELoss', 100.0),
-    'training.networks.VPPrecond': ('ambient.loss.AmbientVPLoss', math.sqrt(math.expm1(0.5 * 19.9 + 0.1))),
+    'training.networks.EDMPrecond': ('ambient.method.loss.AmbientEDMLoss', 80.0),
+    'training.networks.VEPrecond': ('ambient.method.loss.AmbientVELoss', 100.0),
+    'training.networks.VPPrecond': ('ambient.method.loss.AmbientVPLoss', math.sqrt(math.expm1(0.5 * 19.9 + 0.1))),
 }
-DATASET_CLASS = 'ambient.dataset.NoisyCopyDataset'
+DATASET_CLASS = 'ambient.method.dataset.NoisyCopyDataset'
 
 
 def _sigma_max(network_kwargs, default):

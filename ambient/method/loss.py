@@ -111,7 +111,7 @@ class AmbientLossBase:
     def __call__(self, net, images, labels=None, augment_pipe=None, tn_noise=None):
         """Unreduced per-pixel loss for one batch; tn_noise is each item's fixed unit noise eps."""
         if self.sigma_tn > 0 and tn_noise is None:
-            raise ValueError('the ambient loss needs tn_noise: wrap the dataset in ambient.dataset.NoisyCopyDataset')
+            raise ValueError('the ambient loss needs tn_noise: wrap the dataset in ambient.method.dataset.NoisyCopyDataset')
         if tn_noise is not None and tn_noise.shape != images.shape:
             raise ValueError(f'tn_noise has shape {list(tn_noise.shape)}, images {list(images.shape)}')
         # Random draws in EDM's order (sigma, augmentation, diffusion noise): sigma_tn = 0 is EDM exactly.

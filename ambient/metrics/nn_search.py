@@ -131,22 +131,15 @@ def _score_error(dim):
 #----------------------------------------------------------------------------
 # Candidate passes: (indices [N, m], bound [N]) with every dropped key's true cosine <= bound.
 
-def _running_topk(queries, keys, m, chunk, score_fn):
-    """Top-m of score_fn(query_block, key_block) over all keys, with at most ~chunk*chunk scores in memory."""
-    n, num_keys = queries.shape[0], keys.shape[0]
-    chunk = max(int(chunk), 1)
-    # Fewer queries than chunk leave room for wider key blocks under the same chunk*chunk budget;
-    # a converted key block (uint8 pixels to float) also stays within that budget.
-    q_step = max(1, min(chunk, n))
-    k_step = max(chunk, min(chunk * chunk // q_step, chunk * chunk // max(1, keys.shape[1])))
-    out_v = torch.empty([n, m], dtype=queries.dtype, device=queries.device)
-    out_i = torch.empty([n, m], dtype=torch.int64, device=queries.device)
+def _merged_topk(n, num_keys, m, q_step, k_step, block_topk, dtype, device):
+    """Running top-m over key blocks, a block of queries at a time: block_topk(q0, k0) gives one block's top
+    (values, indices within the block); each block's list merges into the running one."""
+    out_v = torch.empty([n, m], dtype=dtype, device=device)
+    out_i = torch.empty([n, m], dtype=torch.int64, device=device)
     for q0 in range(0, n, q_step):
-        q = queries[q0 : q0 + q_step]
         best_v = best_i = None
         for k0 in range(0, num_keys, k_step):
-            block = keys[k0 : k0 + k_step].to(device=queries.device, dtype=queries.dtype)
-            v, i = score_fn(q, block).topk(min(m, block.shape[0]), dim=1)
+            v, i = block_topk(q0, k0)
             i += k0
             if best_v is not None:
                 v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
@@ -156,6 +149,20 @@ def _running_topk(queries, keys, m, chunk, score_fn):
             best_v, best_i = v, i
         out_v[q0 : q0 + q_step], out_i[q0 : q0 + q_step] = best_v, best_i
     return out_v, out_i
+
+
+def _running_topk(queries, keys, m, chunk, score_fn):
+    """Top-m of score_fn(query_block, key_block) over all keys, with at most ~chunk*chunk scores in memory."""
+    n, num_keys = queries.shape[0], keys.shape[0]
+    chunk = max(int(chunk), 1)
+    # Fewer queries than chunk leave room for wider key blocks under the same chunk*chunk budget;
+    # a converted key block (uint8 pixels to float) also stays within that budget.
+    q_step = max(1, min(chunk, n))
+    k_step = max(chunk, min(chunk * chunk // q_step, chunk * chunk // max(1, keys.shape[1])))
+    def block_topk(q0, k0):
+        block = keys[k0 : k0 + k_step].to(device=queries.device, dtype=queries.dtype)
+        return score_fn(queries[q0 : q0 + q_step], block).topk(min(m, block.shape[0]), dim=1)
+    return _merged_topk(n, num_keys, m, q_step, k_step, block_topk, queries.dtype, queries.device)
 
 
 @contextlib.contextmanager
@@ -246,21 +253,9 @@ def _candidates_bf16(qn, kn, m, chunk):
     # running top-m lists.
     q_step = max(1, min(chunk // 2, n))
     k_step = max(chunk, 4 * chunk * chunk // q_step)
-    cand_v = torch.empty([n, m], dtype=torch.bfloat16)
-    cand_i = torch.empty([n, m], dtype=torch.int64)
-    for q0 in range(0, n, q_step):
-        q = qb[q0 : q0 + q_step]
-        best_v = best_i = None
-        for k0 in range(0, num_keys, k_step):
-            v, i = _block_topk(q @ kb[k0 : k0 + k_step].T, m)
-            i += k0
-            if best_v is not None:
-                v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
-            if v.shape[1] > m:
-                v, sel = v.topk(m, dim=1)
-                i = i.gather(1, sel)
-            best_v, best_i = v, i
-        cand_v[q0 : q0 + q_step], cand_i[q0 : q0 + q_step] = best_v, best_i
+    cand_v, cand_i = _merged_topk(n, num_keys, m, q_step, k_step,
+                                  lambda q0, k0: _block_topk(qb[q0 : q0 + q_step] @ kb[k0 : k0 + k_step].T, m),
+                                  torch.bfloat16, qn.device)
     v_m = cand_v[:, -1].double()
     bound = v_m + v_m.abs() * (2.0**-9 / (1 - 2.0**-9)) + err + _NORMALIZATION_ERROR
     return cand_i, bound
