@@ -226,7 +226,7 @@ def _block_topk(scores, m, groups=32):
     return v, cand.gather(1, sel)
 
 
-def _candidates_bf16(qn, kn, m, chunk):
+def _candidates_bf16(qn, kn, m, k, chunk):
     """The m best keys by a bfloat16 product (native on AVX512-BF16 / AMX CPUs), with a proven bound.
 
     With qb = bf16(q), xb = bf16(x), products qb_i xb_i are exact in float32 and accumulated in float32, so the
@@ -241,10 +241,13 @@ def _candidates_bf16(qn, kn, m, chunk):
     # more than their own float32 error.
     def norms(x, xb):
         step = _row_block(dim)
-        parts = [torch.stack([x[j : j + step].norm(dim=1), xb[j : j + step].float().norm(dim=1),
-                              (xb[j : j + step].float() - x[j : j + step]).norm(dim=1)], dim=1)
-                 for j in range(0, x.shape[0], step)]
-        return torch.cat(parts).double() * (1 + 2 * g + 1e-6)
+        out = torch.empty([x.shape[0], 3], dtype=torch.float32, device=x.device)
+        for j in range(0, x.shape[0], step):
+            wide = xb[j : j + step].float() # converted once per block
+            out[j : j + step, 0] = x[j : j + step].norm(dim=1)
+            out[j : j + step, 1] = wide.norm(dim=1)
+            out[j : j + step, 2] = (wide - x[j : j + step]).norm(dim=1)
+        return out.double() * (1 + 2 * g + 1e-6)
     x_norm, xb_norm, dx = norms(kn, kb).max(dim=0).values.tolist()
     q_norm, qb_norm, dq = norms(qn, qb).unbind(1)
     err = (dq * xb_norm + q_norm * dx + g * (qb_norm * xb_norm + q_norm * x_norm)) * (1 + 1e-6) + 1e-12
@@ -256,9 +259,14 @@ def _candidates_bf16(qn, kn, m, chunk):
     cand_v, cand_i = _merged_topk(n, num_keys, m, q_step, k_step,
                                   lambda q0, k0: _block_topk(qb[q0 : q0 + q_step] @ kb[k0 : k0 + k_step].T, m),
                                   torch.bfloat16, qn.device)
-    v_m = cand_v[:, -1].double()
-    bound = v_m + v_m.abs() * (2.0**-9 / (1 - 2.0**-9)) + err + _NORMALIZATION_ERROR
-    return cand_i, bound
+    v = cand_v.double()
+    v_err = err[:, None] + v.abs() * (2.0**-9 / (1 - 2.0**-9)) + _NORMALIZATION_ERROR
+    bound = v[:, -1] + v_err[:, -1]
+    # A candidate whose interval lies wholly below k others' cannot be among the k best: no float32 product
+    # is computed for it (most of the list, on most queries).
+    kth_lower = (v - v_err).topk(min(k, m), dim=1).values[:, -1:]
+    possible = v + v_err >= kth_lower - 4 * _score_error(dim)
+    return cand_i, bound, possible
 
 #----------------------------------------------------------------------------
 # Exact scores of the candidates, the certificate, and the exhaustive fallback.
@@ -292,13 +300,18 @@ def _threshold_pass(qn, kn, queries, keys, k, chunk):
     return out_v, out_i
 
 
-def _candidate_products(qn, kn, cand_i, rows=64):
-    """float32 products of each query with its candidates, by small blocks against the union of their keys."""
-    out = torch.empty(cand_i.shape, dtype=torch.float32, device=qn.device)
+def _candidate_products(qn, kn, cand_i, possible=None, rows=64):
+    """float32 products of each query with its candidates (those marked possible; -inf for the others), by small
+    blocks against the union of their keys."""
+    out = torch.full(cand_i.shape, -torch.inf, dtype=torch.float32, device=qn.device)
     with _full_float32(qn.device):
         for q0 in range(0, qn.shape[0], rows):
-            uniq, inv = cand_i[q0 : q0 + rows].unique(return_inverse=True)
-            out[q0 : q0 + rows] = (qn[q0 : q0 + rows] @ kn[uniq].T).gather(1, inv)
+            ci = cand_i[q0 : q0 + rows]
+            mask = torch.ones_like(ci, dtype=torch.bool) if possible is None else possible[q0 : q0 + rows]
+            uniq, inv = ci[mask].unique(return_inverse=True)
+            block = qn[q0 : q0 + rows] @ kn[uniq].T
+            part = out[q0 : q0 + rows]
+            part[mask] = block[mask.nonzero()[:, 0], inv]
     return out
 
 
@@ -323,6 +336,7 @@ def cosine_search(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast=
     use_bf16 = _use_bf16(fast, n, num_keys, dim) and queries.device.type == 'cpu' and keys.device.type == 'cpu'
     keys = keys if keys.device == queries.device else keys.to(queries.device)
     qn, kn = _unit_rows(queries), _unit_rows(keys)
+    possible = None # candidates that can be among the k best (None: all)
     m = min(num_keys, k + (BF16_EXTRA if use_bf16 else CANDIDATE_EXTRA))
     if m == num_keys: # every key is a candidate: nothing is dropped
         cand_i = torch.arange(num_keys, device=queries.device).expand(n, num_keys)
@@ -330,11 +344,11 @@ def cosine_search(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast=
     elif use_faiss:
         cand_i, bound = _candidates_faiss(qn, kn, m)
     elif use_bf16:
-        cand_i, bound = _candidates_bf16(qn, kn, m, chunk)
+        cand_i, bound, possible = _candidates_bf16(qn, kn, m, k, chunk)
     else:
         cand_i, bound = _candidates_float32(qn, kn, m, chunk)
     # Only candidates whose float32 product is near the k-th best can be among the k best: score those exactly.
-    s32 = _candidate_products(qn, kn, cand_i)
+    s32 = _candidate_products(qn, kn, cand_i, possible)
     kth = s32.topk(k, dim=1).values[:, -1:].double()
     keep = s32.double() >= kth - 2 * _float32_error(dim) - 4 * _score_error(dim)
     rq, rc = keep.nonzero(as_tuple=True)
