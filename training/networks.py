@@ -35,9 +35,14 @@ def _fir_filter_2d(taps):
     return (torch.outer(f, f) / f.sum().square())[None, None]
 
 
+def _nhwc(x):
+    """An NHWC (channels_last) batch, as --channels_last feeds the network."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _nhwc_bf16(x):
     """A bfloat16 NHWC batch: the --bf16 --channels_last fast path (AMX CPUs), which some layers route differently."""
-    return x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return x.dtype == torch.bfloat16 and _nhwc(x)
 
 
 def _upsample2x(x, f, padding):
@@ -146,15 +151,13 @@ class GroupNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x):
-        if _nhwc_bf16(x) and x.shape[2] * x.shape[3] <= 256 and x.shape[1] // self.num_groups <= 8:
-            # PyTorch's NHWC bfloat16 group norm is several times slower than its NCHW one on small images with few
-            # channels per group (measured on CPUs: 16x16, 4-8 channels per group); there two layout copies cost
-            # less. Same arithmetic.
-            y = torch.nn.functional.group_norm(x.contiguous(), num_groups=self.num_groups, weight=self.weight.to(x.dtype),
-                                               bias=self.bias.to(x.dtype), eps=self.eps)
-            return y.contiguous(memory_format=torch.channels_last)
-        return torch.nn.functional.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype),
-                                              bias=self.bias.to(x.dtype), eps=self.eps)
+        # PyTorch's NHWC bfloat16 group norm is several times slower than its NCHW one on small images with few
+        # channels per group (measured on CPUs: 16x16, 4-8 channels per group); there two layout copies cost less.
+        # Same arithmetic.
+        via_nchw = _nhwc_bf16(x) and x.shape[2] * x.shape[3] <= 256 and x.shape[1] // self.num_groups <= 8
+        y = torch.nn.functional.group_norm(x.contiguous() if via_nchw else x, num_groups=self.num_groups,
+                                           weight=self.weight.to(x.dtype), bias=self.bias.to(x.dtype), eps=self.eps)
+        return y.contiguous(memory_format=torch.channels_last) if via_nchw else y
 
 
 class AttentionOp(torch.autograd.Function):
@@ -247,7 +250,7 @@ class UNetBlock(torch.nn.Module):
         q, k, v = qkv.unbind(2)
         w = AttentionOp.apply(q, k)
         a = torch.bmm(v, w.transpose(1, 2)).reshape(n, c, height, width)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        if _nhwc(x):
             # Keep NHWC batches NHWC (--channels_last): the convolutions after this block run faster so. NCHW
             # batches are untouched.
             a = a.contiguous(memory_format=torch.channels_last)

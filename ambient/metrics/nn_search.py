@@ -193,6 +193,13 @@ def _float32_error(dim):
     return _accumulation(dim, F32_EPS) * (1 + 8 * F32_EPS) + _NORMALIZATION_ERROR
 
 
+def _near_kth(dim):
+    """How far below the k-th best float32 product a key of the exact top-k can lie: |float32 - true| <= e for every
+    key, so such a key (true cosine >= the k-th true value >= the k-th product - e) has a product >= the k-th
+    product - 2e (plus the float64 scores' own error)."""
+    return 2 * _float32_error(dim) + 4 * _score_error(dim)
+
+
 def _candidates_float32(qn, kn, m, chunk):
     """The m best keys by float32 product; a dropped key scored at most the m-th value S, true cosine <= S + error."""
     with _full_float32(qn.device):
@@ -282,10 +289,7 @@ def _rank(scores, indices, k):
 def _threshold_pass(qn, kn, queries, keys, k, chunk):
     """Exact top-k of a few queries that the candidate pass left open: float32 products against every key,
     then fixed-order scores of all keys whose product is within the float32 error of the k-th best."""
-    dim = kn.shape[1]
-    # |float32 product - true cosine| <= e for every key, so a key of the exact top-k (true cosine >= the
-    # k-th true value >= the k-th product - e) has a product >= the k-th product - 2e (float64 noise added).
-    tol = 2 * _float32_error(dim) + 4 * _score_error(dim)
+    tol = _near_kth(kn.shape[1])
     out_v = torch.empty([qn.shape[0], k], dtype=torch.float64, device=qn.device)
     out_i = torch.empty([qn.shape[0], k], dtype=torch.int64, device=qn.device)
     rows = max(1, max(int(chunk), 1) ** 2 // kn.shape[0])
@@ -350,7 +354,7 @@ def cosine_search(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast=
     # Only candidates whose float32 product is near the k-th best can be among the k best: score those exactly.
     s32 = _candidate_products(qn, kn, cand_i, possible)
     kth = s32.topk(k, dim=1).values[:, -1:].double()
-    keep = s32.double() >= kth - 2 * _float32_error(dim) - 4 * _score_error(dim)
+    keep = s32.double() >= kth - _near_kth(dim)
     rq, rc = keep.nonzero(as_tuple=True)
     scores = torch.full(cand_i.shape, -torch.inf, dtype=torch.float64, device=queries.device)
     scores[rq, rc] = _exact_cosines(queries, keys, rq, cand_i[rq, rc])
