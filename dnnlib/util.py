@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -342,7 +343,10 @@ def atomic_output(path, unique=False, suffix=''):
     ends the temporary name, for writers that pick the format by extension.
     """
     path = os.fspath(path)
-    tmp = f'{path}.tmp-{os.getpid()}' + (f'-{time.time_ns()}' if unique else '') + suffix
+    tmp = f'{path}.tmp-{os.getpid()}'
+    if threading.current_thread() is not threading.main_thread():
+        tmp += f'-t{threading.get_ident()}' # Worker threads of one process (sweep --jobs) may write the same cache entry.
+    tmp += (f'-{time.time_ns()}' if unique else '') + suffix
     try:
         try:
             yield tmp

@@ -88,6 +88,26 @@ def test_atomic_write_bytes(tmp_path):
         util.atomic_write_bytes(tmp_path / 'dir', b'x') # Cannot replace a directory by a file: one line, no traceback.
     assert sorted(os.listdir(tmp_path)) == ['a.json', 'dir'] # No temporary left behind.
 
+def test_atomic_output_threads_writing_one_path(tmp_path):
+    # Two threads of one process (sweep --jobs) write the same cache entry at once: both succeed, one wins whole.
+    target, barrier, errors = tmp_path / 'entry.bin', threading.Barrier(2), []
+    def write(payload):
+        try:
+            with util.atomic_output(target) as tmp:
+                with open(tmp, 'wb') as f:
+                    f.write(payload)
+                barrier.wait(timeout=10) # Both temporaries exist before either is renamed.
+        except Exception as err: # pragma: no cover - reported below
+            errors.append(err)
+    workers = [threading.Thread(target=write, args=(bytes([i]) * 1000,)) for i in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert target.read_bytes() in (b'\x01' * 1000, b'\x02' * 1000)
+    assert os.listdir(tmp_path) == ['entry.bin']
+
 def test_atomic_output_file_folder_and_failure(tmp_path):
     # A file: the temporary sits beside the target until the block ends, then replaces it.
     target = tmp_path / 'x.bin'
