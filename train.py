@@ -17,7 +17,7 @@ from torch_utils import cpu_features, distributed as dist
 LOSS_FAMILIES = {'edm': None, 'ambient': 'ambient.method.config.configure',
                  'masking': 'ambient.baselines.config.configure_masking', # Table 2 baselines
                  'noisy_only': 'ambient.baselines.config.configure_noisy_only'}
-FAMILY_OPTIONS = ('sigma_tn', 'ambient_split', 'noise_seed', 'ambient_aug_order', 'ambient_augment',
+FAMILY_OPTIONS = ('sigma_tn', 'sigma_tn_per_image', 'ambient_split', 'noise_seed', 'ambient_aug_order', 'ambient_augment',
                   'mask_p', 'mask_delta', 'mask_seed', 'mask_samples')
 
 ARCHITECTURES = {
@@ -129,6 +129,8 @@ def _check_network(network_kwargs, dataset_obj):
 def _apply_loss_family(c, opts):
     """Let a non-native loss family edit c; returns its run-directory tag ('' for edm)."""
     given = [name for name in FAMILY_OPTIONS if opts.get(name) is not None]
+    if opts.get('sigma_tn_per_image') is not None and opts.loss != 'ambient':
+        raise dnnlib.util.UserError('--sigma_tn_per_image requires --loss=ambient')
     if opts.loss == 'edm':
         if given:
             raise dnnlib.util.UserError(f'--{given[0]} requires --loss=ambient (or masking / noisy_only)')
@@ -315,6 +317,7 @@ def _print_options(c, opts):
 
 # Loss-family options (passed to the family's configure function).
 @click.option('--sigma_tn',      help='Ambient: noise level of the fixed noisy copies', metavar='FLOAT', type=dnnlib.util.FiniteFloat(min=0))
+@click.option('--sigma_tn_per_image', help='Ambient: each image\'s noise level instead, {file name: sigma_tn} as JSON or CSV (file,sigma_tn)', metavar='FILE', type=str)
 @click.option('--ambient_split', help='Ambient: how sigma is split around sigma_tn', metavar='|'.join(AMBIENT_SPLITS), type=click.Choice(AMBIENT_SPLITS))
 @click.option('--noise_seed',    help='Ambient: seed of the fixed noisy copies', metavar='INT',     type=click.IntRange(min=0))
 @click.option('--ambient_aug_order', help='Ambient: augment the noisy copy, or augment clean then add noise', metavar='|'.join(AMBIENT_AUG_ORDERS), type=click.Choice(AMBIENT_AUG_ORDERS))
@@ -386,6 +389,10 @@ def main(**kwargs):
     \b
     # Ambient: noisy copies at sigma_tn=0.2 (single process, CPU or one GPU)
     python train.py --outdir=training-runs --data=datasets/cifar10-32x32.zip --loss=ambient --sigma_tn=0.2
+
+    \b
+    # Ambient with each image's own sigma_tn: {"00000/img00000000.png": 0.2, ...} (JSON) or file,sigma_tn (CSV)
+    python train.py --outdir=training-runs --data=datasets/cifar10-32x32.zip --loss=ambient --sigma_tn_per_image=tn.json
     """
     opts = dnnlib.EasyDict(kwargs)
     dist.init()

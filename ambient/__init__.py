@@ -1,7 +1,7 @@
 """Ambient Diffusion on top of EDM, laid out as doors on top and rooms below (docs/architecture.md).
 
 Doors, the command lines (`python -m ambient.<command>`): sweep, memorization, quality, figures, report,
-export_noisy, finetune_t2i, evaluate_t2i. Rooms, the library: method/ (the loss, fixed-noise dataset, train.py
+export_noisy, finetune_t2i, evaluate_t2i, advise. Rooms, the library: method/ (the loss, fixed-noise dataset, train.py
 hook), baselines/ (Table 2's masking and noisy-only baselines), metrics/ (memorization, quality, intervals),
 experiments/ (the sweep, its reports and figures), t2i/ (text-to-image).
 

@@ -15,6 +15,7 @@ from ambient.metrics import thresholds as ambient_thresholds
 @click.option('--source', help='Build the training subset from this dataset_tool.py source ("digits", a tarball, ...)', metavar='SRC', type=str)
 @click.option('--subset', help='Training images drawn from --source', metavar='INT', type=click.IntRange(min=1))
 @click.option('--data-seed', 'data_seed', help='Seed of the subset  [default: 0]', metavar='INT', type=int)
+@click.option('--balanced', help='Draw the subset class-balanced (dataset_tool.py --balanced)', is_flag=True, default=None)
 @click.option('--resolution', help='Resize the source (dataset_tool.py --resolution)', metavar='WxH', type=str)
 @click.option('--data', help='An existing training zip instead of --source', metavar='ZIP', type=str)
 @click.option('--heldout', help='Labelled held-out real images for the quality metric (with --data)', metavar='ZIP', type=str)

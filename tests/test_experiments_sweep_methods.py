@@ -25,6 +25,20 @@ def test_method_specs():
             sweep_methods.parse_list(bad)
 
 
+def test_per_image_method_spec(tmp_path):
+    path = tmp_path / 'levels-a.json'
+    path.write_text(json.dumps({'a.png': 0.2, 'b.png': 0.4, 'c.png': 1.0}))
+    spec = sweep_methods.parse(f'per_image:{path}')
+    assert spec == f'per_image:{path}' and sweep_methods.parse(f'ambient-per-image:{path}') == spec
+    assert sweep_methods.family(spec) == 'per_image' and sweep_methods.param(spec) == 0.4  # the median
+    assert sweep_methods.folder(spec) == 'per_image-levels-a'  # '-' in a path is kept
+    assert sweep_methods.loss_args(spec, 2, ('--ambient_split=uniform',)) == [
+        '--loss=ambient', f'--sigma_tn_per_image={path}', '--noise_seed=2', '--ambient_split=uniform']
+    assert sweep_methods.order('ambient:1') < sweep_methods.order(spec) and sweep_methods.short_label(spec) == 'per-image levels-a'
+    with pytest.raises(dnnlib.util.UserError, match='existing sigma_tn file'):
+        sweep_methods.parse(f'per_image:{tmp_path / "absent.json"}')
+
+
 def test_thresholds_presets():
     assert thresholds.resolve('auto', ['datasets/cifar10-32x32-300.zip']) == ('cifar10', (0.9, 0.925, 0.95))
     assert thresholds.resolve('auto', [None, 'downloads/ffhq/images1024x1024']) == ('ffhq', (0.85, 0.875, 0.9))

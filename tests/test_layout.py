@@ -9,7 +9,7 @@ import pytest
 import ambient
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-DOORS = {'sweep', 'memorization', 'quality', 'figures', 'report', 'export_noisy', 'finetune_t2i', 'evaluate_t2i'}
+DOORS = {'sweep', 'memorization', 'quality', 'figures', 'report', 'export_noisy', 'finetune_t2i', 'evaluate_t2i', 'advise'}
 ROOMS = {'method', 'baselines', 'metrics', 'experiments', 't2i'}
 TOP_LEVEL_CLIS = {'train', 'generate', 'fid', 'dataset_tool'}
 # room -> rooms it must not import (besides the doors and the top-level CLIs, which no room imports)

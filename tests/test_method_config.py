@@ -1,6 +1,7 @@
 """Tests for ambient/method/config.py: the train.py hook, its refusals, resume checks, and a tiny end-to-end ambient run."""
 
 import glob
+import hashlib
 import json
 import os
 import pickle
@@ -32,7 +33,7 @@ def default_config(precond='edm', path='data.zip'):
 
 
 def options(**kwargs):
-    return dnnlib.EasyDict(dict(sigma_tn=None, ambient_split=None, noise_seed=None, ambient_aug_order=None), **kwargs)
+    return dnnlib.EasyDict(dict(sigma_tn=None, sigma_tn_per_image=None, ambient_split=None, noise_seed=None, ambient_aug_order=None), **kwargs)
 
 
 @pytest.mark.parametrize('precond, loss_class', [('edm', 'AmbientEDMLoss'), ('ve', 'AmbientVELoss'), ('vp', 'AmbientVPLoss')])
@@ -166,3 +167,108 @@ def test_tiny_ambient_training_run(tmp_path):
 
     refused = run(['train.py', '--sigma_tn=0.5', '--duration=0.003', '--resume', run_dir] + common, check=False)
     assert refused.returncode == 1 and 'loss_kwargs.sigma_tn' in refused.stderr + refused.stdout
+
+
+#----------------------------------------------------------------------------
+# --sigma_tn_per_image
+
+@pytest.fixture
+def folder(tmp_path):
+    """Four 8x8 RGB PNGs in a sub-folder, named as a folder dataset names them (a/0.png ...)."""
+    import PIL.Image
+    (tmp_path / 'data' / 'a').mkdir(parents=True)
+    for i in range(4):
+        PIL.Image.fromarray(np.full([8, 8, 3], 50 * i, dtype=np.uint8)).save(tmp_path / 'data' / 'a' / f'{i}.png')
+    return str(tmp_path / 'data')
+
+
+def levels_file(tmp_path, levels=None, name='tn.json'):
+    levels = {f'a/{i}.png': 0.1 * (i + 1) for i in range(4)} if levels is None else levels
+    path = tmp_path / name
+    path.write_text(json.dumps(levels))
+    return str(path)
+
+
+def test_per_image_file_reaches_loss_dataset_and_records(folder, tmp_path):
+    path = levels_file(tmp_path)
+    c = default_config(path=folder)
+    tag = configure(c, options(sigma_tn_per_image=path, ambient_split='uniform'))
+    assert tag == 'ambient-tnper-image-uniform'
+    assert c.loss_kwargs == dict(class_name='ambient.method.loss.AmbientEDMLoss', sigma_tn='per_image', split='uniform', aug_order='noisy')
+    record = c.dataset_kwargs.sigma_tn_per_image
+    with open(path, 'rb') as f:
+        assert record['sha256'] == hashlib.sha256(f.read()).hexdigest()
+    assert (record['path'], record['size'], record['min'], record['max']) == (path, 4, 0.1, 0.4)
+    assert record['median'] == pytest.approx(0.25)
+    assert c.dataset_kwargs.sigma_tn == 'per_image' and c.dataset_kwargs.noise_seed == 0
+    json.dumps(c) # training_options.json holds it as is
+    dataset = dnnlib.util.construct_class_by_name(**c.dataset_kwargs)
+    assert [dataset[i][2]['sigma_tn'] for i in range(4)] == [0.1, 0.2, 0.1 * 3, 0.4]
+
+
+def _per_image_refusals():
+    """name -> (options, file contents or None for no file, message)."""
+    good = {f'a/{i}.png': 0.5 for i in range(4)}
+    return {
+        'both given': (dict(sigma_tn=0.5), good, 'give --sigma_tn or --sigma_tn_per_image, not both'),
+        'missing file': ({}, None, '--sigma_tn_per_image: no such file'),
+        'unparsable': ({}, '{"a/0.png": ', 'not valid JSON'),
+        'misses images': ({}, {'a/0.png': 0.5, 'a/1.png': 0.5}, 'no sigma_tn for 2 image(s) of the data set, e.g. a/2.png, a/3.png'),
+        'unknown images': ({}, dict(good, **{'b/9.png': 0.5}), 'names 1 image(s) the data set lacks, e.g. b/9.png'),
+        'negative': ({}, dict(good, **{'a/2.png': -0.1}), 'a/2.png=-0.1'),
+        'zero': ({}, dict(good, **{'a/2.png': 0}), 'a/2.png=0'),
+        'infinite': ({}, '{"a/0.png": Infinity, "a/1.png": 0.5, "a/2.png": 0.5, "a/3.png": 0.5}', 'a/0.png=inf'),
+        'at sigma_max': ({}, dict(good, **{'a/3.png': 80.0}), "below the preconditioner's sigma_max=80; 1 image(s) are not, e.g. a/3.png=80"),
+        'uniform without room below': (dict(precond='ve', ambient_split='uniform'), dict(good, **{'a/1.png': 0.01}), 'both sides of sigma_tn=0.01'),
+    }
+
+
+@pytest.mark.parametrize('case', list(_per_image_refusals()))
+def test_per_image_refusals(folder, tmp_path, case):
+    opts, contents, message = _per_image_refusals()[case]
+    opts = dict(opts)
+    precond = opts.pop('precond', 'edm')
+    path = tmp_path / 'tn.json'
+    if contents is not None:
+        path.write_text(contents if isinstance(contents, str) else json.dumps(contents))
+    with pytest.raises(dnnlib.util.UserError) as err:
+        configure(default_config(precond, path=folder), options(sigma_tn_per_image=str(path), **opts))
+    assert message in str(err.value) and '\n' not in str(err.value)
+    assert str(err.value).startswith(('--sigma_tn_per_image', 'give --sigma_tn'))
+
+
+def test_per_image_values_just_below_sigma_max_are_accepted(folder, tmp_path):
+    for precond, top in [('edm', 79.0), ('ve', 99.0), ('vp', 150.0)]:
+        configure(default_config(precond, path=folder), options(sigma_tn_per_image=levels_file(tmp_path, {f'a/{i}.png': top for i in range(4)})))
+    with pytest.raises(dnnlib.util.UserError, match='sigma_max=100'):
+        configure(default_config('ve', path=folder), options(sigma_tn_per_image=levels_file(tmp_path, {f'a/{i}.png': 100.0 for i in range(4)})))
+
+
+def test_resume_with_another_per_image_file_is_refused(folder, tmp_path):
+    def configured(**opts):
+        c = default_config(path=folder)
+        configure(c, options(**opts))
+        return c
+    def check(stored, now):
+        checkpoint.check_resume_compatible(stored_state(stored), **{k: now[k] for k in checkpoint.COMPARED_KWARGS})
+    path = levels_file(tmp_path)
+    first = configured(sigma_tn_per_image=path)
+    check(first, configured(sigma_tn_per_image=path))
+    # Same path, other content: the recorded summary and sha256 differ.
+    levels_file(tmp_path, {f'a/{i}.png': 0.5 for i in range(4)})
+    with pytest.raises(dnnlib.util.UserError, match='dataset_kwargs.sigma_tn_per_image'):
+        check(first, configured(sigma_tn_per_image=path))
+    # Same values but one more space: only the sha256 differs.
+    levels_file(tmp_path)
+    with open(path, 'a') as f:
+        f.write(' ')
+    with pytest.raises(dnnlib.util.UserError, match=r'dataset_kwargs.sigma_tn_per_image.sha256'):
+        check(first, configured(sigma_tn_per_image=path))
+    # Another file, or one global sigma_tn instead.
+    with pytest.raises(dnnlib.util.UserError, match='dataset_kwargs.sigma_tn_per_image.path'):
+        check(first, configured(sigma_tn_per_image=levels_file(tmp_path, name='copy.json')))
+    with pytest.raises(dnnlib.util.UserError, match='loss_kwargs.sigma_tn'):
+        check(first, configured(sigma_tn=0.25))
+    # The dataset itself refuses a file that changed after the run recorded it (a snapshot's dataset_kwargs, a worker).
+    with pytest.raises(dnnlib.util.UserError, match='has changed since the run recorded it'):
+        dnnlib.util.construct_class_by_name(**first.dataset_kwargs)

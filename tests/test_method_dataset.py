@@ -109,3 +109,98 @@ def test_wraps_an_instance_or_kwargs(image_folder):
 def test_bad_arguments(image_folder, kwargs):
     with pytest.raises(dnnlib.util.UserError):
         NoisyCopyDataset(path=image_folder, **kwargs)
+
+
+#----------------------------------------------------------------------------
+# Per-image noise levels (train.py --sigma_tn_per_image).
+
+NAMES = [f'img{i:02d}.png' for i in range(6)] # The image_folder fixture's files.
+LEVELS = {name: 0.1 * (i + 1) for i, name in enumerate(NAMES)}
+
+
+def write_levels(path, levels=None, fmt='json'):
+    """A per-image sigma_tn file: a JSON object, or CSV with header file,sigma_tn."""
+    levels = LEVELS if levels is None else levels
+    if fmt == 'json':
+        path.write_text(json.dumps(levels))
+    else:
+        path.write_text('file,sigma_tn\n' + ''.join(f'{name},{value!r}\n' for name, value in levels.items()))
+    return str(path)
+
+
+def test_per_image_items_carry_their_images_sigma_tn(image_folder, tmp_path):
+    dataset = NoisyCopyDataset(path=image_folder, sigma_tn_per_image=write_levels(tmp_path / 'tn.json'), xflip=True)
+    plain = make(image_folder, xflip=True)
+    assert dataset.per_image and dataset.sigma_tn == 'per_image' and not plain.per_image
+    for idx in range(len(dataset)):
+        image, label, extras = dataset[idx]
+        name = NAMES[dataset.get_raw_index(idx)]
+        assert set(extras) == {'tn_noise', 'sigma_tn'}
+        # The file's value exactly (float64), the same fixed noise as a global run; the flipped copy has its image's value.
+        assert extras['sigma_tn'].dtype == np.float64 and extras['sigma_tn'] == LEVELS[name]
+        assert np.array_equal(extras['tn_noise'], plain[idx][2]['tn_noise']) and np.array_equal(image, plain[idx][0])
+        expected = image.astype(np.float32) / 127.5 - 1 + np.float32(LEVELS[name]) * extras['tn_noise']
+        assert np.array_equal(dataset.noisy_image(idx), expected)
+    # Collated as the trainer does: one float64 value per item, next to the noise.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, shuffle=False, num_workers=0)
+    _images, _labels, extras = next(iter(loader))
+    assert extras['sigma_tn'].dtype == torch.float64 and extras['sigma_tn'].tolist() == [LEVELS[n] for n in NAMES[:4]]
+    assert extras['tn_noise'].shape == (4, 3, 8, 8)
+
+
+def test_per_image_json_and_csv_agree_and_follow_raw_indices(image_folder, tmp_path):
+    by_json = NoisyCopyDataset(path=image_folder, sigma_tn_per_image=write_levels(tmp_path / 'tn.json'))
+    by_csv = NoisyCopyDataset(path=image_folder, sigma_tn_per_image=write_levels(tmp_path / 'tn.csv', fmt='csv'))
+    assert [by_json[i][2]['sigma_tn'] for i in range(6)] == [by_csv[i][2]['sigma_tn'] for i in range(6)]
+    # A max_size subset looks values up by raw index, and needs values only for the images it uses.
+    used = NoisyCopyDataset(path=image_folder, sigma_tn=0.5, max_size=3, random_seed=4)
+    used = {NAMES[used.get_raw_index(i)] for i in range(len(used))}
+    assert len(used) == 3
+    subset = NoisyCopyDataset(path=image_folder, max_size=3, random_seed=4,
+                              sigma_tn_per_image=write_levels(tmp_path / 'some.json', {n: LEVELS[n] for n in used}))
+    for idx in range(len(subset)):
+        assert subset[idx][2]['sigma_tn'] == LEVELS[NAMES[subset.get_raw_index(idx)]]
+    # A record (what runs store) is accepted and its sha256 checked; the dataset pickles for DataLoader workers.
+    from ambient.method.dataset import sigma_tn_record
+    record, mapping = sigma_tn_record(str(tmp_path / 'tn.json'))
+    assert mapping == LEVELS and record['size'] == 6 and record['min'] == 0.1 and record['max'] == pytest.approx(0.6)
+    assert record['median'] == pytest.approx(0.35)
+    restored = pickle.loads(pickle.dumps(NoisyCopyDataset(path=image_folder, sigma_tn='per_image', sigma_tn_per_image=record)))
+    assert [restored[i][2]['sigma_tn'] for i in range(6)] == [LEVELS[n] for n in NAMES]
+
+
+def _bad_level_files():
+    """name -> (file contents or None for no file, constructor kwargs, message)."""
+    missing_three = {n: v for n, v in LEVELS.items() if n not in ('img01.png', 'img03.png', 'img04.png')}
+    return {
+        'missing file': (None, {}, 'no such file'),
+        'not json': ('{"img00.png": 0.1,', {}, 'not valid JSON'),
+        'json list': ('[0.1, 0.2]', {}, 'one JSON object'),
+        'json string value': (json.dumps(dict(LEVELS, **{'img02.png': '0.3'})), {}, 'img02.png is not a number'),
+        'json duplicate': ('{"img00.png": 0.1, "img00.png": 0.2}', {}, 'names img00.png twice'),
+        'empty object': ('{}', {}, 'holds no sigma_tn values'),
+        'csv header': ('name,value\nimg00.png,0.1\n', {}, 'header file,sigma_tn'),
+        'csv number': ('file,sigma_tn\nimg00.png,abc\n', {}, 'line 2: the sigma_tn of img00.png is not a number'),
+        'csv columns': ('file,sigma_tn\nimg00.png,0.1,7\n', {}, 'expected 2 columns'),
+        'misses images': (json.dumps(missing_three), {}, 'no sigma_tn for 3 image(s) of the data set, e.g. img01.png, img03.png, img04.png'),
+        'unknown images': (json.dumps(dict(LEVELS, **{'cat.png': 0.2, 'dog.png': 0.3})), {}, 'names 2 image(s) the data set lacks, e.g. cat.png, dog.png'),
+        'negative': (json.dumps(dict(LEVELS, **{'img05.png': -0.5})), {}, 'finite number > 0; 1 image(s) are not, e.g. img05.png=-0.5'),
+        'zero': (json.dumps(dict(LEVELS, **{'img05.png': 0})), {}, 'img05.png=0'),
+        'nan': ('{' + ', '.join(f'"{n}": NaN' for n in NAMES) + '}', {}, '6 image(s) are not, e.g. img00.png=nan'),
+        'inf in csv': ('file,sigma_tn\n' + ''.join(f'{n},inf\n' for n in NAMES), {}, 'img00.png=inf'),
+        'changed file': (json.dumps(LEVELS), dict(sha256='0' * 64), 'has changed since the run recorded it'),
+        'with sigma_tn': (json.dumps(LEVELS), dict(sigma_tn=0.5), 'not both'),
+    }
+
+
+@pytest.mark.parametrize('case', list(_bad_level_files()))
+def test_per_image_file_errors_are_one_line(image_folder, tmp_path, case):
+    text, kwargs, message = _bad_level_files()[case]
+    suffix = '.csv' if text is not None and text.startswith(('file,', 'name,')) else '.json'
+    path = tmp_path / f'levels{suffix}'
+    if text is not None:
+        path.write_text(text)
+    source = dict(path=str(path), sha256=kwargs['sha256']) if 'sha256' in kwargs else str(path)
+    with pytest.raises(dnnlib.util.UserError) as err:
+        NoisyCopyDataset(path=image_folder, sigma_tn_per_image=source, sigma_tn=kwargs.get('sigma_tn'))
+    assert message in str(err.value) and '\n' not in str(err.value)

@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from ambient.method.loss import AmbientEDMLoss, AmbientVELoss, AmbientVPLoss
+from ambient.method.loss import AmbientEDMLoss, AmbientVELoss, AmbientVPLoss, x_tn_prediction
 from training.augment import AugmentPipe
 from training.loss import EDMLoss, VELoss, VPLoss
 
@@ -266,3 +266,113 @@ def test_reports_each_regimes_loss_and_fraction_without_changing_the_loss():
     collector.update()
     assert collector.num('Loss/ambient/below_sigma_tn') == 0 and collector.num('Loss/ambient/above_sigma_tn') == 64
     assert collector.mean('Loss/ambient/fraction_above') == 1.0
+
+
+#----------------------------------------------------------------------------
+# Per-item sigma_tn (sigma_tn='per_image': each call passes every item's own value).
+
+FAMILIES = [(AmbientEDMLoss, dict(P_mean=0.0)), (AmbientVELoss, dict()), (AmbientVPLoss, dict())]
+
+
+def alternating(n, values=(0.2, 2.0)):
+    """float64 [n] per-item sigma_tn cycling through `values`, as the dataset's field arrives collated."""
+    return torch.tensor([values[i % len(values)] for i in range(n)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize('cls, kwargs', FAMILIES)
+@pytest.mark.parametrize('weighting', ['target', 'denoiser'])
+def test_per_item_sigma_tn_is_the_global_loss_of_each_items_value(cls, kwargs, weighting):
+    n = 64
+    images = torch.rand([n, 3, 8, 8]) * 2 - 1
+    eps = torch.randn_like(images)
+    levels = alternating(n)
+    per_item = cls(sigma_tn='per_image', weighting=weighting, **kwargs)
+    net = RecordingNet()
+    torch.manual_seed(4)
+    loss = per_item(net, images, tn_noise=eps, sigma_tn=levels)
+    torch.manual_seed(4)
+    sigma, noisy = per_item.sample_sigma_split(n, 'cpu', levels.reshape(n, 1, 1, 1))
+    assert torch.equal(sigma, net.calls[0]['sigma'])
+    for value in (0.2, 2.0):
+        items = levels == value
+        glob = cls(sigma_tn=value, weighting=weighting, **kwargs)
+        glob_net = RecordingNet()
+        torch.manual_seed(4)
+        expected = glob(glob_net, images, tn_noise=eps)
+        torch.manual_seed(4)
+        _, glob_noisy = glob.sample_sigma_split(n, 'cpu')
+        # The regime is the item's own: clean below its sigma_tn, noisy above, and both happen for both values.
+        assert torch.equal(noisy[items], glob_noisy[items]) and torch.equal(noisy[items], sigma[items] >= value)
+        assert 0 < int(noisy[items].sum()) < int(items.sum())
+        # What the network sees, the x_tn mapping and the weight, hence the loss: those of the global loss, bit for bit.
+        assert torch.equal(net.calls[0]['x'][items], glob_net.calls[0]['x'][items])
+        assert torch.equal(loss[items], expected[items])
+        D, x = torch.randn_like(images), net.calls[0]['x']
+        mapped = x_tn_prediction(D, x, sigma, levels.reshape(n, 1, 1, 1))
+        assert torch.equal(mapped[items], x_tn_prediction(D, x, sigma, value)[items])
+
+
+@pytest.mark.parametrize('cls, kwargs', FAMILIES)
+@pytest.mark.parametrize('split', ['edm', 'uniform'])
+@pytest.mark.parametrize('value', [0.5, 0.123456789])
+def test_constant_per_item_sigma_tn_is_the_global_number_bit_for_bit(cls, kwargs, split, value):
+    images = torch.rand([16, 3, 8, 8]) * 2 - 1
+    eps = torch.randn_like(images)
+    results = []
+    for loss_fn, extra in [(cls(sigma_tn=value, split=split, weighting='denoiser', **kwargs), {}),
+                           (cls(sigma_tn='per_image', split=split, weighting='denoiser', **kwargs),
+                            dict(sigma_tn=torch.full([16], value, dtype=torch.float64)))]:
+        net = RecordingNet()
+        torch.manual_seed(9)
+        loss = loss_fn(net, images, tn_noise=eps, augment_pipe=edm_augment_pipe(), **extra)
+        results.append((loss, net.calls[0]['x'], net.calls[0]['sigma'], torch.rand([4])))
+    assert all(torch.equal(a, b) for a, b in zip(*results)) # Same values, and the same random draws after them.
+
+
+@pytest.mark.parametrize('cls, kwargs, log_dist', [
+    (AmbientEDMLoss, dict(), scipy.stats.norm(loc=-1.2, scale=1.2)),
+    (AmbientVELoss, dict(), scipy.stats.uniform(loc=math.log(0.02), scale=math.log(100 / 0.02))),
+])
+def test_uniform_split_truncates_at_each_items_own_sigma_tn(cls, kwargs, log_dist):
+    n = 20_000
+    levels = alternating(n).reshape(n, 1, 1, 1)
+    loss_fn = cls(sigma_tn='per_image', split='uniform', **kwargs)
+    torch.manual_seed(0)
+    sigma, noisy = loss_fn.sample_sigma_split(n, 'cpu', levels)
+    for value in (0.2, 2.0):
+        items = levels == value
+        s, up = sigma[items], noisy[items]
+        # A fair coin per item, then sigma from the family's distribution restricted to that side of the item's value.
+        assert up.float().mean().item() == pytest.approx(0.5, abs=4 * math.sqrt(0.25 / (n // 2)))
+        assert bool((s[up] >= value).all()) and bool((s[~up] < value).all())
+        cut = log_dist.cdf(math.log(value))
+        assert scipy.stats.kstest(s[up].log().double().numpy(), lambda v: (log_dist.cdf(v) - cut) / (1 - cut)).pvalue > 0.01
+        assert scipy.stats.kstest(s[~up].log().double().numpy(), lambda v: log_dist.cdf(v) / cut).pvalue > 0.01
+
+
+def test_per_item_sigma_tn_is_required_checked_and_pickled():
+    x0 = torch.zeros([2, 3, 8, 8])
+    eps = torch.randn_like(x0)
+    per_item = AmbientEDMLoss(sigma_tn='per_image')
+    with pytest.raises(ValueError, match='needs each item'):
+        per_item(RecordingNet(), x0, tn_noise=eps)
+    with pytest.raises(ValueError, match='3 values for 2 items'):
+        per_item(RecordingNet(), x0, tn_noise=eps, sigma_tn=torch.ones([3], dtype=torch.float64))
+    with pytest.raises(ValueError, match='tn_noise'):
+        per_item(RecordingNet(), x0, sigma_tn=torch.ones([2], dtype=torch.float64))
+    # A loss with one number refuses per-item values rather than silently preferring one of the two.
+    for sigma_tn in (0.5, 0.0):
+        with pytest.raises(ValueError, match='per-item sigma_tn needs'):
+            AmbientEDMLoss(sigma_tn=sigma_tn)(RecordingNet(), x0, tn_noise=eps, sigma_tn=torch.ones([2], dtype=torch.float64))
+    # The values a run may use: finite, > 0, and for the uniform split with noise levels on both sides.
+    for bad in (0.0, -1.0, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match='finite numbers > 0'):
+            per_item.check_sigma_tn(torch.tensor([0.5, bad], dtype=torch.float64))
+    AmbientVELoss(sigma_tn='per_image', split='uniform').check_sigma_tn(torch.tensor([0.03, 99.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match='both sides of sigma_tn=0.01'):
+        AmbientVELoss(sigma_tn='per_image', split='uniform').check_sigma_tn(torch.tensor([0.5, 0.01], dtype=torch.float64))
+    for bad in ('0.5', 'per-image', None):
+        with pytest.raises(ValueError):
+            AmbientEDMLoss(sigma_tn=bad)
+    clone = pickle.loads(pickle.dumps(AmbientVPLoss(sigma_tn='per_image', split='uniform')))
+    assert clone.sigma_tn == 'per_image' and clone.per_image and clone.split == 'uniform'

@@ -1,5 +1,6 @@
 """Tests of train.py: a CPU run writing every artifact, exact resume through the CLI, and bad-input errors."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -125,12 +126,50 @@ def _bad_cases(data, tmp_path):
         'family option with edm': ([good, '--sigma_tn=0.2'], 'requires --loss=ambient'),
         'ambient without sigma_tn': ([good, '--loss=ambient'], 'sigma_tn'),
         'bad betas': ([good, '--betas=0.9'], '--betas'),
+        **_per_image_bad_cases(good, tmp_path),
     }
+
+def _image_names(num=16):
+    """The file names make_image_zip gives its images (as dataset.json names them)."""
+    return [f'{i // 10:05d}/img{i:08d}.png' for i in range(num)]
+
+def _levels_file(path, levels):
+    path.write_text(json.dumps(levels))
+    return str(path)
+
+def _per_image_bad_cases(good, tmp_path):
+    """--sigma_tn_per_image mistakes: refused in one line before the run directory exists."""
+    names = _image_names()
+    ok = _levels_file(tmp_path / 'ok.json', {name: 0.5 for name in names})
+    def file(name, levels):
+        return f'--sigma_tn_per_image={_levels_file(tmp_path / name, levels)}'
+    unparsable = tmp_path / 'unparsable.json'
+    unparsable.write_text('{"00000/img00000000.png": 0.5')
+    ambient = [good, '--loss=ambient']
+    return {
+        'per-image with edm': ([good, f'--sigma_tn_per_image={ok}'], '--sigma_tn_per_image requires --loss=ambient'),
+        'per-image with masking': ([good, '--loss=masking', '--mask_p=0.2', f'--sigma_tn_per_image={ok}'], 'requires --loss=ambient'),
+        'per-image and sigma_tn': (ambient + ['--sigma_tn=0.5', f'--sigma_tn_per_image={ok}'], 'give --sigma_tn or --sigma_tn_per_image, not both'),
+        'per-image file missing': (ambient + [f'--sigma_tn_per_image={tmp_path / "none.json"}'], 'no such file'),
+        'per-image file unparsable': (ambient + [f'--sigma_tn_per_image={unparsable}'], 'not valid JSON'),
+        'per-image file misses images': (ambient + [file('few.json', {name: 0.5 for name in names[:12]})],
+                                         'no sigma_tn for 4 image(s) of the data set, e.g. 00001/img00000012.png'),
+        'per-image file names other images': (ambient + [file('more.json', dict({name: 0.5 for name in names}, **{'00009/img00000099.png': 0.5}))],
+                                              'names 1 image(s) the data set lacks, e.g. 00009/img00000099.png'),
+        'per-image negative': (ambient + [file('neg.json', dict({name: 0.5 for name in names}, **{names[3]: -0.5}))], f'{names[3]}=-0.5'),
+        'per-image zero': (ambient + [file('zero.json', dict({name: 0.5 for name in names}, **{names[3]: 0}))], f'{names[3]}=0'),
+        'per-image nan': (ambient + [file('nan.json', dict({name: 0.5 for name in names}, **{names[3]: float('nan')}))], f'{names[3]}=nan'),
+        'per-image at sigma_max': (ambient + [file('max.json', dict({name: 0.5 for name in names}, **{names[3]: 80.0}))], 'sigma_max=80'),
+    }
+
+PER_IMAGE_BAD_CASES = ['per-image with edm', 'per-image with masking', 'per-image and sigma_tn', 'per-image file missing',
+                       'per-image file unparsable', 'per-image file misses images', 'per-image file names other images',
+                       'per-image negative', 'per-image zero', 'per-image nan', 'per-image at sigma_max']
 
 @pytest.mark.parametrize('case', ['missing dataset', 'corrupt dataset', 'cond without labels', 'batch not divisible',
                                   'resume and transfer', 'resume to nothing', 'resume dir without state',
                                   'resume a non-state file', 'uncreatable outdir', 'family option with edm',
-                                  'ambient without sigma_tn', 'bad betas'])
+                                  'ambient without sigma_tn', 'bad betas'] + PER_IMAGE_BAD_CASES)
 def test_bad_input_gives_one_error_line_and_writes_nothing(data, tmp_path, case):
     args, message = _bad_cases(data, tmp_path)[case]
     outdir = tmp_path / 'out'
@@ -197,3 +236,39 @@ def test_fast_path_options_are_recorded_only_when_chosen(data, tmp_path):
     assert 'Fast paths:              compile, channels_last, fused, tf32' in out
     # The run name says the precision only, as EDM's does.
     assert fast['run_dir'].endswith('-bf16') and plain['run_dir'].endswith('-fp32')
+
+#----------------------------------------------------------------------------
+# --sigma_tn_per_image
+
+def _losses(run_dir):
+    """Every tick's Loss/* statistics of a run."""
+    return [{k: v for k, v in json.loads(line).items() if k.startswith('Loss/')} for line in (run_dir / 'stats.jsonl').read_text().splitlines()]
+
+@pytest.mark.parametrize('split', ['edm', 'uniform'])
+def test_constant_per_image_file_trains_bit_for_bit_like_sigma_tn(data, tmp_path, split):
+    outdir = tmp_path / 'runs'
+    levels = _levels_file(tmp_path / 'constant.json', {name: 0.5 for name in _image_names()})
+    # x-flips and the (ambient-safe) augmentation on: flipped items carry their image's value, one draw augments both.
+    args = [f'--outdir={outdir}', f'--data={data["unlabelled"]}', '--loss=ambient', f'--ambient_split={split}', '--iters=3',
+            '--seed=3', '--xflip=1', '--augment=0.5'] + TINY
+    finish(run_train(args + ['--sigma_tn=0.5']))
+    finish(run_train(args + [f'--sigma_tn_per_image={levels}']))
+    by_number, by_file = sorted(outdir.iterdir())
+    assert by_file.name.endswith(f'-ambient-tnper-image-{split}') and by_number.name.endswith(f'-ambient-tn0.5-{split}')
+    assert_same_training(final_state(by_number), final_state(by_file))
+    assert _losses(by_number) == _losses(by_file) and _losses(by_file)[-1]['Loss/ambient/above_sigma_tn']['num'] > 0
+
+    # The run records the file: path, sha256 of its content, and the values' size, min, median and max.
+    options = json.loads((by_file / 'training_options.json').read_text())
+    assert options['loss_kwargs']['sigma_tn'] == 'per_image' and options['dataset_kwargs']['sigma_tn'] == 'per_image'
+    record = options['dataset_kwargs']['sigma_tn_per_image']
+    assert record == dict(path=levels, sha256=hashlib.sha256(pathlib.Path(levels).read_bytes()).hexdigest(), size=16,
+                          min=0.5, median=0.5, max=0.5)
+
+    # Resuming needs the same file: another one is refused in one line before anything is written.
+    other = _levels_file(tmp_path / 'other.json', {name: 0.25 for name in _image_names()})
+    for resume_args, key in [([f'--sigma_tn_per_image={other}'], 'dataset_kwargs.sigma_tn_per_image'),
+                             (['--sigma_tn=0.5'], 'loss_kwargs.sigma_tn')]:
+        result = CliRunner().invoke(train.main, args + resume_args + [f'--resume={by_file}', '--iters=4'])
+        assert result.exit_code == 1 and f'--resume: {key}' in result.output, result.output
+    assert len(os.listdir(outdir)) == 2

@@ -26,7 +26,7 @@ from ambient.metrics.heldout import load_labelled
 from training.dataset import ImageFolderDataset, load_images
 
 DEFAULTS = dict(
-    source=None, subset=None, data_seed=0, resolution=None, data=None, heldout=None,
+    source=None, subset=None, data_seed=0, balanced=False, resolution=None, data=None, heldout=None,
     sigma_tn=(0.0, 0.5, 1.0), every=0, samples=128, steps=18, gen_batch=64, seeds=(0,),
     detector='pixel', gpus=None, download=False, train_opts=(), ambient_opts=(), jobs=1, methods=None,
     thresholds_preset=None,

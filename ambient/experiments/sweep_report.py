@@ -243,13 +243,14 @@ def report_text(cfg, summary):
                   f'memorized fraction): {pts}.']
     lines += ['', 'Every run and snapshot is a row of `sweep.md`. Figures: `pareto.png` (quality vs memorized '
               'fraction, one line per sigma_tn along training, seed means with error bars, dashed: Pareto frontier), '
-              '`curves.png` (metrics vs epochs, 95% bands). Samples and their nearest training images of the final '
-              'snapshots (first seed):', '']
+              '`curves.png` (metrics vs epochs, 95% bands).', '', '## Most-copied samples', '',
+              'Final snapshot of the first seed: its 16 samples most similar to a training image, each beside that '
+              'training image (label: similarity and training index). On photos, people judge copies by looking.', '']
     for s in sorted({sweep_methods.of_row(r) for r in rows}, key=sweep_methods.order):
         first = [r for r in rows if sweep_methods.of_row(r) == s and r.get('seed', 0) == seeds[0]]
         if first:
             r = max(first, key=lambda r: r['kimg'])
-            lines.append(f'- {model_label(s)}: samples `{r["grid"]}`, nearest neighbours `{r["nearest"]}`')
+            lines += [f'**{model_label(s)}** (samples `{r["grid"]}`)', '', f'![{model_label(s)}]({r["nearest"]})', '']
     figures = summary.get('figures') or {}
     if figures:
         lines += ['', '## Inside the models', '']

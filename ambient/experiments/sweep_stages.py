@@ -21,6 +21,7 @@ import dnnlib
 from ambient.experiments import sweep_methods
 from ambient.metrics import heldout as heldout_lib
 from ambient.metrics import quality
+from ambient.metrics import thresholds as ambient_thresholds
 from torch_utils import lifetime
 from training import checkpoint
 from training.dataset import load_images, read_dataset_json, write_image_zip
@@ -130,13 +131,20 @@ class Runner:
 #----------------------------------------------------------------------------
 # Data.
 
-def check_subset(path, subset, data_seed):
-    """Refuse a training subset left by an earlier sweep with another --subset or --data-seed."""
+def check_subset(path, subset, data_seed, balanced=False):
+    """Refuse a training subset left by an earlier sweep with another --subset, --data-seed or --balanced."""
     meta = read_dataset_json(path)
-    found = (len(meta.get('source_indices') or []), meta.get('subset_seed'))
-    if found != (subset, data_seed):
-        raise dnnlib.util.UserError(f'{path} holds a subset of {found[0]} images with seed {found[1]}, not '
-                                    f'--subset={subset} --data-seed={data_seed}; use another --outdir or delete it')
+    found = (len(meta.get('source_indices') or []), meta.get('subset_seed'), bool(meta.get('subset_balanced')))
+    if found != (subset, data_seed, bool(balanced)):
+        kind = lambda b: 'class-balanced ' if b else ''
+        raise dnnlib.util.UserError(f'{path} holds a {kind(found[2])}subset of {found[0]} images with seed {found[1]}, not '
+                                    f'a {kind(balanced)}subset of --subset={subset} --data-seed={data_seed}; '
+                                    'use another --outdir or delete it')
+
+def data_name(source):
+    """Short name of a source for labels such as FD_<name>: 'digits', 'cifar10' for any CIFAR-10 source, else its base name."""
+    base = os.path.basename(os.path.normpath(source)).split('.')[0]
+    return 'cifar10' if ambient_thresholds.infer_preset(source) == 'cifar10' else base
 
 def prepare_data(cfg, tools, run):
     """Training zip, and held-out real images with labels for the quality metric: EasyDict of paths."""
@@ -148,10 +156,11 @@ def prepare_data(cfg, tools, run):
         d.train = os.path.join(folder, 'train.zip')
         d.full = os.path.join(folder, 'full.zip')
         d.heldout = os.path.join(folder, 'heldout.zip')
-        d.name = os.path.basename(os.path.normpath(cfg.source)).split('.')[0]
+        d.name = data_name(cfg.source)
         if os.path.isfile(d.train):
-            check_subset(d.train, cfg.subset, cfg.data_seed)
-        for dest, extra in [(d.train, [f'--subset={cfg.subset}', f'--seed={cfg.data_seed}']), (d.full, [])]:
+            check_subset(d.train, cfg.subset, cfg.data_seed, cfg.balanced)
+        subset = [f'--subset={cfg.subset}', f'--seed={cfg.data_seed}'] + (['--balanced'] if cfg.balanced else [])
+        for dest, extra in [(d.train, subset), (d.full, [])]:
             if not os.path.isfile(dest):
                 _clear_stale(dest)
                 run(tools['dataset_tool'] + [f'--source={cfg.source}', f'--dest={dest}', *extra, *res], 'data')
