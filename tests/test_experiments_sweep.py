@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,6 +160,22 @@ def test_sweep_writes_every_output_and_skips_finished_stages(fake):
     sweep.run_sweep(fake.config(), tools=fake.tools)
     assert len(fake.calls()) == n # Nothing ran again.
     assert json.loads((fake.out / 'sweep.json').read_text())['rows'] == rows
+
+
+def test_moved_sweep_folder_is_still_done(fake, tmp_path):
+    # A sweep folder copied to another path (or machine) keeps its trained models: the record names its own folder.
+    sweep.run_sweep(fake.config(every=0), tools=fake.tools)
+    n = _stage_count(fake.calls(), 'train')
+    shutil.move(str(fake.out), str(tmp_path / 'moved'))
+    cfg = sweep.make_config(str(tmp_path / 'moved'), data=str(tmp_path / 'train.zip'), heldout=str(tmp_path / 'heldout.zip'),
+                            sigma_tn='0,0.5', every=0, samples=6, train_opts=('--iters=10',))
+    sweep.run_sweep(cfg, tools=fake.tools)
+    assert _stage_count(fake.calls(), 'train') == n
+    assert sweep_stages.portable_argv(['--outdir=/a/b/runs/sigma_tn-0/seed-0', '--data=/a/b/data/train.zip', '--x=/a/bc']) == [
+        f'--outdir=<outdir>{os.sep}runs/sigma_tn-0/seed-0', f'--data=<outdir>{os.sep}data/train.zip', '--x=/a/bc']
+    with pytest.raises(dnnlib.util.UserError, match='other options'): # Other options are still refused.
+        sweep.run_sweep(sweep.make_config(str(tmp_path / 'moved'), data=str(tmp_path / 'train.zip'), heldout=str(tmp_path / 'heldout.zip'),
+                                          sigma_tn='0', every=0, samples=6, train_opts=('--iters=11',)), tools=fake.tools)
 
 
 def test_final_snapshot_only_and_more_sigmas_later(fake):
@@ -317,13 +335,18 @@ def test_toy_sweep_killed_mid_training_completes_on_rerun(tmp_path, repo_dir):
 #----------------------------------------------------------------------------
 
 
-def test_demo_preset_options_are_accepted_by_train_py(tmp_path, repo_dir):
-    """train.py's own dry run (-n) parses the demo's options and builds its configuration."""
-    sklearn_datasets = pytest.importorskip('sklearn.datasets')
-    images = np.rint(sklearn_datasets.load_digits().images[:8] * (255 / 16)).astype(np.uint8)[:, None]
+@pytest.mark.parametrize('preset', ['demo', 'cifar-table2'])
+def test_preset_options_are_accepted_by_train_py(tmp_path, repo_dir, preset):
+    """train.py's own dry run (-n) parses the preset's options and builds its configuration."""
+    if preset == 'demo':
+        sklearn_datasets = pytest.importorskip('sklearn.datasets')
+        images = np.rint(sklearn_datasets.load_digits().images[:8] * (255 / 16)).astype(np.uint8)[:, None]
+    else:
+        images = np.random.default_rng(0).integers(0, 256, size=[8, 3, 16, 16], dtype=np.uint8)
     dataset.write_image_zip(images, None, tmp_path / 'd.zip')
-    cfg = sweep.make_config(str(tmp_path / 'out'), preset='demo')
-    argv = sweep_stages.train_argv(cfg, str(tmp_path / 'd.zip'), 0.5, 0, str(tmp_path / 'run'))
+    (tmp_path / 'source.tar.gz').write_bytes(b'')
+    cfg = sweep.make_config(str(tmp_path / 'out'), preset=preset, source='digits' if preset == 'demo' else str(tmp_path / 'source.tar.gz'))
+    argv = sweep_stages.train_argv(cfg, str(tmp_path / 'd.zip'), cfg.methods[1], 0, str(tmp_path / 'run'))
     result = subprocess.run([sys.executable, str(repo_dir / 'train.py'), *argv, '-n'], cwd=repo_dir, env=_env(repo_dir),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -398,3 +421,39 @@ def test_parallel_jobs_give_the_same_results(fake, tmp_path):
     assert strip(one['rows']) == strip(two['rows']) and len(two['rows']) == 4
     assert [g['ratio'] for g in one['groups']] == [g['ratio'] for g in two['groups']]
     assert sweep_stages.stage_threads(1) is None
+
+
+def test_cifar_presets(tmp_path):
+    assert sweep.CIFAR_MINI.endswith(os.path.join('shared', 'data', 'cifar10-mini', 'cifar-10-python.tar.gz'))
+    source = tmp_path / 'cifar-10-python.tar.gz' # Stands in for the sample where ../shared is absent (only opened by the sweep's stages).
+    source.write_bytes(b'')
+    quick, full, table2 = (sweep.make_config(str(tmp_path), preset=p, source=str(source)) for p in ('cifar-quick', 'cifar', 'cifar-table2'))
+    best = f'ambient:{sweep.CIFAR_SIGMA_TN:g}'
+    assert quick.methods == full.methods == ('edm', best) and quick.seeds == (0,) and full.seeds == (0, 1, 2)
+    # The quick run's models are the first seed of the full one: same options, so one --outdir serves both.
+    for key in ('source', 'subset', 'balanced', 'resolution', 'train_opts', 'ambient_opts', 'samples', 'every', 'steps'):
+        assert quick[key] == full[key] == table2[key], key
+    assert set(full.methods) < set(table2.methods) and {'masking:0.2', f'noisy_only:{sweep.CIFAR_SIGMA_TN:g}'} < set(table2.methods)
+    assert table2.sigma_tn == (0, 0.3, sweep.CIFAR_SIGMA_TN, 1.2) and full.thresholds_preset == 'cifar10'
+    assert not any('bf16' in o for o in full.train_opts) # EDM's float32 arithmetic on every CPU.
+    # --sigma_tn replaces a preset's models; a missing source is one clear line.
+    assert sweep.make_config(str(tmp_path), preset='cifar', sigma_tn='0,0.3', source=str(source)).methods == ('edm', 'ambient:0.3')
+    with pytest.raises(dnnlib.util.UserError, match='does not exist'):
+        sweep.make_config(str(tmp_path), preset='cifar', source=str(tmp_path / 'absent.tar.gz'))
+
+
+def test_cifar_preset_builds_a_balanced_subset_and_names_the_quality_metric(tmp_path, capsys):
+    source = pathlib.Path(sweep.CIFAR_MINI)
+    if not source.is_file():
+        pytest.skip('../shared/data/cifar10-mini is absent')
+    cfg = sweep.make_config(str(tmp_path / 'out'), preset='cifar-quick', subset=20)
+    data = sweep_stages.prepare_data(cfg, sweep_stages.default_tools(cfg), sweep_stages.Runner())
+    assert data.name == 'cifar10' and sweep_stages.data_name('downloads/cifar-10-python.tar.gz') == 'cifar10'
+    meta = dataset.read_dataset_json(data.train)
+    labels = [label for _, label in meta['labels']]
+    assert meta['subset_balanced'] and sorted(labels) == sorted(list(range(10)) * 2)  # 2 per class
+    images, _ = dataset.load_images(data.train)
+    assert images.shape[1:] == (3, 16, 16)
+    assert len(dataset.load_images(data.heldout)[0]) == 2000 - 20
+    with pytest.raises(dnnlib.util.UserError, match='class-balanced subset of 20'):
+        sweep_stages.check_subset(data.train, 20, 0, balanced=False)

@@ -39,6 +39,21 @@ DEFAULTS = dict(
 # (EDM's 10 Mimg ramp-up would keep the rate near zero for such a short run), 1800 iterations at batch 64
 # (115 kimg, 1152 epochs), snapshots at 64 kimg and at the end, each evaluated with 2048 samples. The settings come from
 # the search recorded in docs/results.md: at this length EDM has started copying, the ambient models much less.
+# The CIFAR-10 presets read the project's 2000-image CIFAR-10 sample (../shared/data/cifar10-mini, the official
+# tarball's format); --source=cifar-10-python.tar.gz gives the real one (held out: every image not in the subset).
+CIFAR_MINI = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'shared',
+                                           'data', 'cifar10-mini', 'cifar-10-python.tar.gz'))
+
+# CIFAR-10 in miniature (docs/results.md, "CIFAR-10"): 100 class-balanced training images downsampled to 16x16, a
+# small DDPM++ (32 channels, [1, 2] multipliers, 2 blocks, attention at 8x8), no dropout or augmentation, Adam at
+# 2e-3 without ramp-up, 2400 iterations at batch 64 (154 kimg, 1536 epochs): at this length EDM copies a third of
+# its samples or more. Float32 (EDM's arithmetic on every CPU; add `-- --bf16=1 --channels_last=1` on an AMX CPU).
+CIFAR_TRAIN = ('--arch=ddpmpp', '--precond=edm', '--cbase=32', '--cres=1,2', '--blocks=2', '--attn=8', '--dropout=0',
+               '--augment=0', '--batch=64', '--lr=2e-3', '--lr_rampup=0', '--iters=2400', '--tick=8', '--snap=4', '--dump=4')
+CIFAR_SIGMA_TN = 0.6 # The best of the search; smaller and larger ones in cifar-table2.
+CIFAR = dict(source=CIFAR_MINI, subset=100, balanced=True, resolution='16x16', data_seed=0, every=2, samples=1024,
+             steps=18, gen_batch=256, jobs=2, ambient_opts=('--ambient_split=uniform',), train_opts=CIFAR_TRAIN)
+
 PRESETS = {
     'demo': dict(
         source='digits', subset=100, data_seed=0, sigma_tn=(0.0, 0.5), seeds=(0, 1, 2), every=1, samples=2048,
@@ -47,6 +62,13 @@ PRESETS = {
                     '--dropout=0', '--augment=0', '--batch=64', '--lr=1e-3', '--lr_rampup=0', '--iters=1800',
                     '--tick=8', '--snap=8', '--dump=8'),
     ),
+    # Table 1 in miniature: EDM vs the best ambient setting, three training seeds (about an hour on 2 cores).
+    'cifar': dict(CIFAR, methods=('edm', f'ambient:{CIFAR_SIGMA_TN:g}'), seeds=(0, 1, 2)),
+    # The same, one seed (about 20 minutes); its models are the first seed of 'cifar' (same --outdir: reused).
+    'cifar-quick': dict(CIFAR, methods=('edm', f'ambient:{CIFAR_SIGMA_TN:g}'), seeds=(0,)),
+    # Table 2 in miniature: adds a smaller and a larger sigma_tn, masking and noisy-only training, three seeds.
+    'cifar-table2': dict(CIFAR, methods=('edm', 'ambient:0.3', f'ambient:{CIFAR_SIGMA_TN:g}', 'ambient:1.2', 'masking:0.2',
+                                         f'noisy_only:{CIFAR_SIGMA_TN:g}'), seeds=(0, 1, 2)),
 }
 
 #----------------------------------------------------------------------------
@@ -183,10 +205,12 @@ def make_config(outdir, preset=None, **options):
         raise dnnlib.util.UserError('Give --methods or its shorthand --sigma_tn, not both')
     if isinstance(cfg.sigma_tn, str):
         cfg.sigma_tn = parse_float_list(cfg.sigma_tn)
+    if options.get('sigma_tn') is not None and options.get('methods') is None:
+        cfg.methods = None # --sigma_tn replaces a preset's models.
     # The models: --methods, else --sigma_tn as its shorthand (0 -> edm, x -> ambient:x).
     cfg.methods = sweep_methods.parse_list(cfg.methods) if cfg.methods is not None else \
         tuple(sweep_methods.parse(s) for s in cfg.sigma_tn)
-    if options.get('methods') is not None:
+    if options.get('methods') is not None or (preset is not None and PRESETS[preset].get('methods')):
         cfg.sigma_tn = tuple(sweep_methods.param(m) for m in cfg.methods if sweep_methods.family(m) in ('edm', 'ambient'))
     cfg.thresholds_preset = ambient_thresholds.resolve(cfg.thresholds_preset, [cfg.source, cfg.data, cfg.heldout])[0]
     if isinstance(cfg.seeds, (str, int)):
@@ -208,6 +232,10 @@ def make_config(outdir, preset=None, **options):
         raise dnnlib.util.UserError('--source needs --subset=N (the held-out images are the rest of the source)')
     if cfg.source is not None and cfg.source != 'digits':
         cfg.source = os.path.abspath(cfg.source)
+        if not os.path.exists(cfg.source):
+            hint = (' (the cifar presets read the project\'s CIFAR-10 sample there; give --source=cifar-10-python.tar.gz)'
+                    if cfg.source == CIFAR_MINI else '')
+            raise dnnlib.util.UserError(f'--source {cfg.source} does not exist{hint}')
     if cfg.samples < 2:
         raise dnnlib.util.UserError('--samples must be at least 2')
     return cfg

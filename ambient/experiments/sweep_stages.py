@@ -201,13 +201,22 @@ def train_argv(cfg, data_path, sigma_tn, seed, outdir):
     loss = sweep_methods.loss_args(sigma_tn, seed, cfg.ambient_opts)
     return [f'--outdir={outdir}', f'--data={data_path}', '--nosubdir', *loss, f'--seed={seed}', *cfg.train_opts]
 
+def portable_argv(argv):
+    """train.py arguments with the sweep's own folder as '<outdir>': a sweep folder moved or copied to another path or
+    machine is still recognised as done (its --outdir=<root>/runs/<model>/seed-S names the root)."""
+    out = [a for a in argv if a.startswith('--outdir=')]
+    if not out:
+        return list(argv)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(out[0][len('--outdir='):].rstrip('/\\'))))
+    return [a.replace(root + os.sep, '<outdir>' + os.sep) if root else a for a in argv]
+
 def train_model(cfg, tools, run, data_path, sigma_tn, seed):
     """Train one model to completion (resuming a half-finished run); skipped when done with the same options."""
     outdir = run_dir(cfg, sigma_tn, seed)
     done_path = os.path.join(outdir, 'sweep-train-done.json')
     argv = train_argv(cfg, data_path, sigma_tn, seed, outdir)
     if os.path.isfile(done_path):
-        if read_json(done_path)['argv'] != argv:
+        if portable_argv(read_json(done_path)['argv']) != portable_argv(argv):
             raise dnnlib.util.UserError(f'{outdir} was trained with other options; use another --outdir or delete it')
         return
     run.mkdir(outdir)

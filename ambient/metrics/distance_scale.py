@@ -1,8 +1,9 @@
 """A data set's distance scale: each training image's nearest and second-nearest OTHER training image.
 
 Pixel distances are L2 over all C*H*W values with images scaled to [-1, 1] (EDM's x / 127.5 - 1), searched
-exactly with the memorization metric's L2 search (`nn_search.l2_topk` on float64 pixels: products of integer
-pixels are exact, so copies and near copies are ranked exactly, the same on every machine). The result is that of
+exactly with the memorization metric's certified L2 search (`nn_search.l2_topk`, ranking centred pixels in float32
+and certifying the order in float64), distances from the integer pixels, so copies and near copies are ranked
+exactly, the same on every machine. The result is that of
 searching every image against the whole set with k=3 and dropping only its own index: an exact duplicate (distance 0)
 is a neighbour, and equal distances list the lower index first. The search itself runs over the distinct images
 (identical images are found by hashing), whose copies then fill in. Groups of exact and near duplicates are the
@@ -140,16 +141,26 @@ def measure(images, chunk=None):
     first, label = _distinct(flat)
     num = len(first)
     count = np.bincount(label, minlength=num)
-    # Nearest and second-nearest other distinct image. As the memorization metric's pixel criterion: float64 queries
-    # (exact for integer pixels), the torch search (faiss would rank in float32). Distinct images are at distance > 0,
+    # Nearest and second-nearest other distinct image, by the certified search (the torch one: faiss's float32 bound
+    # is looser). Distinct images are at distance > 0,
     # so each one's own index comes first; equal distances list the lower index, i.e. the earlier first occurrence.
     nbr_d = np.full([num, 2], np.inf)
     nbr_i = np.full([num, 2], -1, dtype=np.int64)
     if num >= 2:
-        keys = torch.from_numpy(flat[first])
-        values, indices = nn_search.l2_topk(keys.to(torch.float64), keys, k=min(3, num),
+        # Centred pixels are half-integers, exact in float32: the float32 candidate pass (certified, and rescored in
+        # fixed-order float64 as the search does) ranks 1.5-2x faster than float64 and gives the same neighbours.
+        keys = torch.from_numpy(flat[first]).to(torch.float64) - 127.5
+        values, indices = nn_search.l2_topk(keys.to(torch.float32), keys, k=min(3, num),
                                             chunk=chunk or nn_search.DEFAULT_CHUNK, backend='torch')
-        values, indices = values.cpu().numpy().astype(np.float64), indices.cpu().numpy()
+        indices = indices.cpu().numpy()
+        # The distances of the chosen pairs again, from the integer pixels (exact sums), rounded once by sqrt:
+        # the search reports them in its ranking dtype.
+        distinct = flat[first]
+        values = np.empty(indices.shape, dtype=np.float64)
+        for r in range(0, num, 4096): # Row blocks keep the int64 differences small (100k x 3072 would be 2.4 GB).
+            a = distinct[r : r + 4096].astype(np.int64)
+            for j in range(indices.shape[1]):
+                values[r : r + 4096, j] = np.sqrt(np.square(a - distinct[indices[r : r + 4096, j]]).sum(axis=1))
         assert (indices[:, 0] == np.arange(num)).all() and (values[:, 0] == 0).all()
         nbr_d[:, : num - 1] = values[:, 1:3] / PIXEL_SCALE
         nbr_i[:, : num - 1] = indices[:, 1:3]
