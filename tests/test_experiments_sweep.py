@@ -152,6 +152,8 @@ def test_sweep_writes_every_output_and_skips_finished_stages(fake):
     assert md.count('\n| 0 (EDM) | 0 |') == 2 and md.count('\n| 0.5 | 0 |') == 2 and '33.3%' in md
     report = (fake.out / 'report.md').read_text()
     assert 'FD_heldout' in report and 'ratio' in report and '| ambient sigma_tn=0.5 | 1 |' in report
+    # The quality reference: the training images scored as if they were samples.
+    assert saved['training_set_quality'] > 0 and f'training images themselves score FD_heldout {saved["training_set_quality"]:.2f}' in report
     # The report states the resolution of its fractions and does not present pixel-space similarity as the paper's.
     assert 'over 6 samples, so one sample is 16.7%' in report and 'not comparable with the paper' in report
     assert not list(fake.out.rglob('*.tmp-*'))

@@ -20,7 +20,7 @@ from ambient.experiments import pareto, sweep_methods
 from ambient.experiments.sweep_report import write_results
 from ambient.experiments.sweep_stages import (fmt_number, read_json, rel_path, check_train_opts, choose_snapshots, collect_row, default_tools,
                                               eval_dir, generate_samples, list_snapshots, make_figures, measure_memorization,
-                                              measure_quality, prepare_data, run_dir, Runner, stage_threads, train_model)
+                                              measure_quality, measure_reference_quality, prepare_data, run_dir, Runner, stage_threads, train_model)
 from ambient.metrics import thresholds as ambient_thresholds
 from ambient.metrics.heldout import load_labelled
 from training.dataset import ImageFolderDataset, load_images
@@ -146,6 +146,7 @@ def run_sweep(cfg, tools=None, dry_run=False):
         return None
 
     label = f'FD_{data.name}' if heldout is not None else None
+    reference = measure_reference_quality(cfg, data, heldout).get(label) if heldout is not None else None
     for r in rows:
         notes += [n for n in (r['quality'] or {}).get('notes', []) if n not in notes]
     ok = [i for i, r in enumerate(rows) if r['fd'] is not None]
@@ -155,6 +156,7 @@ def run_sweep(cfg, tools=None, dry_run=False):
                    sigma_tn=[float(s) for s in cfg.sigma_tn], methods=list(cfg.methods), train_opts=list(cfg.train_opts),
                    ambient_opts=list(cfg.ambient_opts), thresholds_preset=cfg.thresholds_preset, samples=cfg.samples,
                    steps=cfg.steps, detector=cfg.detector, quality_metric=label, baseline=baseline,
+                   training_set_quality=reference,
                    rows=rows, pareto_front=front, figures=figures, notes=notes, seconds=time.time() - start)
     write_results(cfg, summary)
     print(f'Wrote {os.path.join(cfg.outdir, "sweep.md")} and report.md, pareto.png, curves.png')

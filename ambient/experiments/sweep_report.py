@@ -206,7 +206,10 @@ def _method_lines(cfg, summary):
                      'images not in the training subset) in the penultimate-layer features of a small CNN classifier '
                      'trained by this project on those held-out images (ambient/metrics/quality.py). It is not FID and is not '
                      f'comparable with published FID numbers; from {cfg.samples} samples it is biased upwards by an '
-                     'amount that depends on the samples\' own spread.')
+                     'amount that depends on the samples\' own spread.' +
+                     ('' if summary.get('training_set_quality') is None else
+                      f' Reference: the {summary["data"]["num_train"]} training images themselves score '
+                      f'{label} {summary["training_set_quality"]:.2f} (a model that reproduced its training set exactly).'))
     else:
         lines.append('- Quality: not measured (no held-out real images); the tables leave its column empty.')
     if base:

@@ -357,6 +357,16 @@ def measure_quality(cfg, data, samples, dest, heldout):
                               detectors=True, allow_download=cfg.download)
     write_json(dest, result)
 
+def measure_reference_quality(cfg, data, heldout):
+    """evals/training-set/quality.json: the training images themselves scored as samples (a quality reference)."""
+    dest = os.path.join(cfg.outdir, 'evals', 'training-set', 'quality.json')
+    if not os.path.isfile(dest):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        result = quality.evaluate(load_images(data.train)[0], heldout[0], heldout[1], data.name,
+                                  cache_dir=os.path.join(cfg.outdir, 'cache'))
+        write_json(dest, result)
+    return read_json(dest)
+
 #----------------------------------------------------------------------------
 # Results.
 
