@@ -76,7 +76,7 @@ def test_digits_advice_files_and_recommendation(digits100):
     assert all(rec['range'][0] <= v <= rec['range'][1] for v in per_image.values())
     # One short block: the summary, the sentence, where the files went.
     lines = r.stdout.strip().splitlines()
-    assert len(lines) <= 6 and 'Recommended sigma_tn = 0.51 (range 0.25 to 1.0)' in r.stdout
+    assert len(lines) <= 6 and 'Recommended sigma_tn = 0.42 (range 0.25 to 0.84)' in r.stdout
     assert rec['explanation'] in lines and lines[-1].startswith('Wrote ')
 
 
@@ -101,7 +101,7 @@ def test_dinov2_scale_is_reported_beside_the_pixel_recommendation(digits100, tmp
     assert advice['detector'] == 'dinov2' and fs['detector']['name'] == 'dinov2' and fs['detector']['feature_dim'] == 1024
     assert -1 <= fs['median_similarity'] <= 1 and fs['median_nn'] >= 0 and 'p50' in fs['quantiles']['similarity']
     # The recommendation is pixel noise from the pixel scale, the same as without the detector.
-    assert advice['recommendation']['recommended'] == 0.51
+    assert advice['recommendation']['recommended'] == 0.42
     assert 'DINOv2 vitl14 features' in r.stdout and 'from the pixel scale' in r.stdout
     assert '## DINOv2 features (vitl14)' in (tmp_path / 'd' / 'advice.md').read_text()
 

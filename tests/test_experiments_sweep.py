@@ -436,7 +436,7 @@ def test_cifar_presets(tmp_path):
     for key in ('source', 'subset', 'balanced', 'resolution', 'train_opts', 'ambient_opts', 'samples', 'every', 'steps'):
         assert quick[key] == full[key] == table2[key], key
     assert set(full.methods) < set(table2.methods) and {'masking:0.2', f'noisy_only:{sweep.CIFAR_SIGMA_TN:g}'} < set(table2.methods)
-    assert table2.sigma_tn == (0, 0.3, sweep.CIFAR_SIGMA_TN, 1.2) and full.thresholds_preset == 'cifar10'
+    assert table2.sigma_tn == (0, 0.3, sweep.CIFAR_SIGMA_TN, 0.6) and full.thresholds_preset == 'cifar10'
     assert not any('bf16' in o for o in full.train_opts) # EDM's float32 arithmetic on every CPU.
     # --sigma_tn replaces a preset's models; a missing source is one clear line.
     assert sweep.make_config(str(tmp_path), preset='cifar', sigma_tn='0,0.3', source=str(source)).methods == ('edm', 'ambient:0.3')
