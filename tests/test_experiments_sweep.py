@@ -437,7 +437,7 @@ def test_cifar_presets(tmp_path):
         assert quick[key] == full[key] == table2[key], key
     assert set(full.methods) < set(table2.methods) and {'masking:0.2', f'noisy_only:{sweep.CIFAR_SIGMA_TN:g}'} < set(table2.methods)
     assert table2.sigma_tn == (0, 0.3, sweep.CIFAR_SIGMA_TN, 0.6) and full.thresholds_preset == 'cifar10'
-    assert not any('bf16' in o for o in full.train_opts) # EDM's float32 arithmetic on every CPU.
+    assert full.arithmetic is not None and sweep.make_config(str(tmp_path), preset='demo').arithmetic is None
     # --sigma_tn replaces a preset's models; a missing source is one clear line.
     assert sweep.make_config(str(tmp_path), preset='cifar', sigma_tn='0,0.3', source=str(source)).methods == ('edm', 'ambient:0.3')
     with pytest.raises(dnnlib.util.UserError, match='does not exist'):
@@ -459,3 +459,24 @@ def test_cifar_preset_builds_a_balanced_subset_and_names_the_quality_metric(tmp_
     assert len(dataset.load_images(data.heldout)[0]) == 2000 - 20
     with pytest.raises(dnnlib.util.UserError, match='class-balanced subset of 20'):
         sweep_stages.check_subset(data.train, 20, 0, balanced=False)
+
+
+def test_cifar_preset_arithmetic_follows_the_cpu_then_the_record(tmp_path, monkeypatch):
+    source = tmp_path / 'cifar-10-python.tar.gz'
+    source.write_bytes(b'')
+    make = lambda out, *extra: sweep.make_config(str(tmp_path / out), preset='cifar', source=str(source), train_opts=extra)
+    monkeypatch.setattr(sweep.cpu_features, 'bf16_kind', lambda: 'avx512_bf16')
+    cfg = make('a')
+    assert not any('bf16' in o for o in cfg.train_opts) and 'no AMX' in cfg.arithmetic[1] # Never bf16 without AMX.
+    monkeypatch.setattr(sweep.cpu_features, 'bf16_kind', lambda: 'amx_bf16')
+    cfg = make('b', '--bf16=0')
+    assert cfg.train_opts[-4:] == (*sweep.FAST_OPTS, '--bf16=0') # The user's options come last and win.
+    # The first run records its choice; a later run on a CPU without AMX follows it (the sweep resumes as it began).
+    os.makedirs(cfg.outdir)
+    sweep.record_arithmetic(cfg)
+    monkeypatch.setattr(sweep.cpu_features, 'bf16_kind', lambda: 'none')
+    again = make('b')
+    assert again.train_opts[-3:] == sweep.FAST_OPTS and 'recorded' in again.arithmetic[1]
+    (tmp_path / 'b' / sweep.ARITHMETIC_RECORD).write_text('{')
+    with pytest.raises(dnnlib.util.UserError, match='unreadable'):
+        make('b')
