@@ -1,6 +1,7 @@
 """Tests for ambient.metrics.nn_search: the chunked exact search agrees with brute force."""
 
 import pytest
+import numpy as np
 import torch
 
 from ambient.metrics import nn_search
@@ -231,3 +232,21 @@ def test_fixed_order_sum_matches_fsum_and_ignores_layout():
     # The same row gives the same bits alone, in a batch, or as a non-contiguous view.
     assert torch.equal(nn_search.fixed_order_sum(x[3:4]), s[3:4])
     assert torch.equal(nn_search.fixed_order_sum(x.T.contiguous().T), s)
+
+
+@pytest.mark.parametrize('chunk', [16, 4096])
+def test_l2_bfloat16_candidates_give_the_same_bytes(chunk):
+    # Smooth images (certified by the bfloat16 bound), exact duplicates, a near copy and a tight cluster of near ties
+    # (left open by the bound and sent through the float32 pass): the same distances and indices as fast=False.
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.uniform(0, 255, size=[300, 3, 4, 4]).astype(np.float32))
+    x = torch.nn.functional.interpolate(coarse, size=(16, 16), mode='bilinear').flatten(1).numpy()
+    x = np.rint(x + rng.normal(0, 4, size=x.shape)).clip(0, 255)
+    x[100:104] = x[0]
+    x[200] = x[5] + 1
+    x[250:290] = np.clip(x[7] + rng.integers(-1, 2, size=[40, x.shape[1]]), 0, 255)
+    keys = torch.from_numpy(x - 127.5)
+    slow = nn_search.l2_topk(keys.float(), keys, k=3, chunk=chunk, fast=False)
+    fast = nn_search.l2_topk(keys.float(), keys, k=3, chunk=chunk, fast=True)
+    assert torch.equal(slow[0], fast[0]) and torch.equal(slow[1], fast[1])
+    assert (fast[0][:, 0] == 0).all() and (fast[1][:, 0] == torch.arange(300)).sum() > 200  # self first unless duplicated

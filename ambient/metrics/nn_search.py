@@ -421,23 +421,77 @@ def _rank_ascending(values, indices, k):
     return values[:, :k], indices[:, :k]
 
 
-def l2_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto'):
+def _l2_candidates_bf16(queries, keys, qq, kk, m, chunk):
+    """The m best keys of each query by 2 q.x - |x|^2 from a bfloat16 product, with a proven bound: (indices, lower).
+
+    As in _candidates_bf16, the float32-accumulated product t of the bfloat16 roundings obeys |t - q.x| <=
+    |qb - q| |xb| + |q| |xb - x| + g |qb| |xb|, and its output rounding to bfloat16 adds at most 2^-9 |t|; the score
+    2 bf16(t) - |x|^2 is then formed in float32 (relative error 2^-23 per operation). Every key left out has a true
+    score below the m-th computed one plus that error E(q), so its squared distance |q|^2 - score is at least
+    lower = |q|^2 - (v_m + E(q)).
+    """
+    n, num_keys, dim = queries.shape[0], keys.shape[0], keys.shape[1]
+    q32 = queries.to(torch.float32)
+    qb, kb = q32.to(torch.bfloat16), keys.to(torch.float32).to(torch.bfloat16)
+    g = _accumulation(dim, F32_EPS)
+    def norms(x, xb):
+        step = _row_block(dim)
+        out = torch.empty([x.shape[0], 3], dtype=torch.float64, device=x.device)
+        for j in range(0, x.shape[0], step):
+            exact = x[j : j + step].to(torch.float64)
+            wide = xb[j : j + step].to(torch.float64)
+            out[j : j + step] = torch.stack([exact.norm(dim=1), wide.norm(dim=1), (wide - exact).norm(dim=1)], dim=1)
+        return out * (1 + 1e-9)
+    x_norm, xb_norm, dx = norms(keys, kb).max(dim=0).values.tolist()
+    q_norm, qb_norm, dq = norms(queries, qb).unbind(1)
+    t_max = qb_norm * xb_norm * (1 + g)
+    kk32 = kk.to(torch.float32).to(queries.device)
+    kk_max = float(kk.max())
+    err = 2 * (dq * xb_norm + q_norm * dx + g * qb_norm * xb_norm) + 2 * t_max * (2.0**-9 / (1 - 2.0**-9))
+    # float32 rounding of |x|^2 and of the subtraction (each within 2^-23 of its operands' magnitudes).
+    err = (err + 4 * F32_EPS * (2 * t_max * (1 + 2.0**-8) + kk_max)) * (1 + 1e-6) + 1e-9
+    chunk = max(int(chunk), 1)
+    q_step = max(1, min(chunk // 2, n))
+    k_step = max(chunk, 4 * chunk * chunk // q_step)
+    def block_topk(q0, k0):
+        scores = (qb[q0 : q0 + q_step] @ kb[k0 : k0 + k_step].T).to(torch.float32)
+        return _block_topk(scores.mul_(2).sub_(kk32[None, k0 : k0 + k_step]), m)
+    cand_v, cand_i = _merged_topk(n, num_keys, m, q_step, k_step, block_topk, torch.float32, queries.device)
+    lower = qq.to(queries.device) - (cand_v[:, -1].double() + err)
+    return cand_i, lower
+
+
+def l2_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast=False):
     """Exact k nearest keys of every query in L2 distance: (distances [N, k] ascending, indices [N, k]).
 
     Candidates are ranked in the queries' dtype (float64 queries: exact for integer-valued data such as
     pixels), then their distances computed in fixed-order float64, so the result is the same on every machine.
     Equal distances are listed by key index, also when more keys tie than the candidate list holds: a query
-    whose candidates cannot be certified is searched exhaustively.
+    whose candidates cannot be certified is searched exhaustively. fast: True ranks candidates with a bfloat16
+    product (certified the same way; the queries it cannot certify go through the float32 pass), 'auto' does so
+    on CPUs with native bfloat16 for large problems; the result is the same bytes either way.
     """
     queries = _floating(queries)
     keys = torch.as_tensor(keys)
     _check(queries, keys, k)
     k = min(k, keys.shape[0])
     n, num_keys, dim = queries.shape[0], keys.shape[0], keys.shape[1]
-    m = min(num_keys, k + RERANK_EXTRA)
     eps = torch.finfo(queries.dtype).eps / 2
     qq = squared_norms(queries)
     kk = squared_norms(keys)
+    if backend != 'faiss' and queries.device.type == 'cpu' and num_keys > k + RERANK_EXTRA and _use_bf16(fast, n, num_keys, dim):
+        m = min(num_keys, k + RERANK_EXTRA)
+        i, lower = _l2_candidates_bf16(queries, keys, qq, kk, m, chunk)
+        rows = torch.arange(n, device=queries.device).repeat_interleave(m)
+        d2 = _pair_sq_distances(queries, keys, rows, i.reshape(-1).to(keys.device)).view(n, m)
+        values, indices = _rank_ascending(d2, i, k)
+        open_rows = (~(values[:, -1] * (1 + 4 * dim * F64_EPS) < lower)).nonzero()[:, 0]
+        if len(open_rows):
+            _, j = l2_topk(queries[open_rows], keys, k=k, chunk=chunk, backend='torch', fast=False)
+            again = _pair_sq_distances(queries, keys, open_rows.repeat_interleave(k), j.reshape(-1).to(keys.device))
+            values[open_rows], indices[open_rows] = again.view(-1, k), j
+        return values.sqrt().to(queries.dtype), indices
+    m = min(num_keys, k + RERANK_EXTRA)
     b_max = float(kk.max().sqrt()) * (1 + 1e-12)
     if _use_faiss(backend, num_keys, queries.device):
         faiss = _faiss()
