@@ -32,7 +32,6 @@ def synthetic_images(n, resolution=32, seed=0):
 def main(num, resolution):
     """Time one distance-scale measurement (nearest and second-nearest other image of every image)."""
     print(cpu_features.describe())
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
     images = synthetic_images(num, resolution)
     start = time.perf_counter()
     scale = distance_scale.measure(images)
