@@ -9,7 +9,6 @@ resumes from its latest training state (train.py --resume). The reports are writ
 
 import concurrent.futures
 import itertools
-import json
 import os
 import threading
 import time
@@ -21,7 +20,8 @@ from ambient.experiments import pareto, sweep_methods
 from ambient.experiments.sweep_report import write_results
 from ambient.experiments.sweep_stages import (fmt_number, read_json, rel_path, check_train_opts, choose_snapshots, collect_row, default_tools,
                                               eval_dir, generate_samples, list_snapshots, make_figures, measure_memorization,
-                                              measure_quality, measure_reference_quality, prepare_data, run_dir, Runner, stage_threads, train_model)
+                                              measure_quality, measure_reference_quality, prepare_data, run_dir, Runner, stage_threads, train_model,
+                                              write_json)
 from ambient.metrics import thresholds as ambient_thresholds
 from ambient.metrics.heldout import load_labelled
 from torch_utils import cpu_features
@@ -210,8 +210,7 @@ def preset_arithmetic(outdir):
     path = os.path.join(outdir, ARITHMETIC_RECORD)
     if os.path.isfile(path):
         try:
-            with open(path, encoding='utf-8') as f:
-                opts = tuple(json.load(f)['train_opts'])
+            opts = tuple(read_json(path)['train_opts'])
         except (OSError, ValueError, KeyError, TypeError):
             raise dnnlib.util.UserError(f'{path} is unreadable; delete it to let this CPU choose the arithmetic') from None
         return opts, f'as recorded in {ARITHMETIC_RECORD} by the first run of this --outdir'
@@ -223,8 +222,7 @@ def record_arithmetic(cfg):
     """Write the --outdir's arithmetic record once (a preset with arithmetic='auto')."""
     path = os.path.join(cfg.outdir, ARITHMETIC_RECORD)
     if cfg.arithmetic is not None and not os.path.isfile(path):
-        dnnlib.util.atomic_write_bytes(path, (json.dumps(dict(train_opts=list(cfg.arithmetic[0]), why=cfg.arithmetic[1]),
-                                                         indent=2) + '\n').encode())
+        write_json(path, dict(train_opts=list(cfg.arithmetic[0]), why=cfg.arithmetic[1]))
 
 def make_config(outdir, preset=None, **options):
     """The sweep's configuration: DEFAULTS, then the preset, then the options given (None = not given)."""
