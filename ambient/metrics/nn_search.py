@@ -233,6 +233,25 @@ def _block_topk(scores, m, groups=32):
     return v, cand.gather(1, sel)
 
 
+def _bf16_norms(x, xb):
+    """[N, 3] float64: |x|, |bf16(x)| and |bf16(x) - x| of every row, in row blocks, inflated past their rounding."""
+    step = _row_block(x.shape[1])
+    out = torch.empty([x.shape[0], 3], dtype=torch.float64, device=x.device)
+    for j in range(0, x.shape[0], step):
+        exact = x[j : j + step].to(torch.float64)
+        wide = xb[j : j + step].to(torch.float64)
+        out[j : j + step] = torch.stack([exact.norm(dim=1), wide.norm(dim=1), (wide - exact).norm(dim=1)], dim=1)
+    return out * (1 + 1e-9)
+
+
+def _bf16_steps(chunk, n):
+    """Query and key block sizes of a bfloat16 candidate pass: wide key blocks (8 chunk^2 bfloat16 scores at most,
+    128 MiB at the default chunk), so fewer merges of running top-m lists."""
+    chunk = max(int(chunk), 1)
+    q_step = max(1, min(chunk // 2, n))
+    return q_step, max(chunk, 4 * chunk * chunk // q_step)
+
+
 def _candidates_bf16(qn, kn, m, k, chunk):
     """The m best keys by a bfloat16 product (native on AVX512-BF16 / AMX CPUs), with a proven bound.
 
@@ -244,25 +263,10 @@ def _candidates_bf16(qn, kn, m, k, chunk):
     n, num_keys, dim = qn.shape[0], kn.shape[0], kn.shape[1]
     qb, kb = qn.to(torch.bfloat16), kn.to(torch.bfloat16)
     g = _accumulation(dim, F32_EPS)
-    # Norms and bf16 rounding errors (a float32 minus its bf16 rounding is exact in float32), inflated by far
-    # more than their own float32 error.
-    def norms(x, xb):
-        step = _row_block(dim)
-        out = torch.empty([x.shape[0], 3], dtype=torch.float32, device=x.device)
-        for j in range(0, x.shape[0], step):
-            wide = xb[j : j + step].float() # converted once per block
-            out[j : j + step, 0] = x[j : j + step].norm(dim=1)
-            out[j : j + step, 1] = wide.norm(dim=1)
-            out[j : j + step, 2] = (wide - x[j : j + step]).norm(dim=1)
-        return out.double() * (1 + 2 * g + 1e-6)
-    x_norm, xb_norm, dx = norms(kn, kb).max(dim=0).values.tolist()
-    q_norm, qb_norm, dq = norms(qn, qb).unbind(1)
+    x_norm, xb_norm, dx = _bf16_norms(kn, kb).max(dim=0).values.tolist()
+    q_norm, qb_norm, dq = _bf16_norms(qn, qb).unbind(1)
     err = (dq * xb_norm + q_norm * dx + g * (qb_norm * xb_norm + q_norm * x_norm)) * (1 + 1e-6) + 1e-12
-    chunk = max(int(chunk), 1)
-    # Wide key blocks (8 chunk^2 bfloat16 scores at most, 128 MiB at the default chunk): fewer merges of
-    # running top-m lists.
-    q_step = max(1, min(chunk // 2, n))
-    k_step = max(chunk, 4 * chunk * chunk // q_step)
+    q_step, k_step = _bf16_steps(chunk, n)
     cand_v, cand_i = _merged_topk(n, num_keys, m, q_step, k_step,
                                   lambda q0, k0: _block_topk(qb[q0 : q0 + q_step] @ kb[k0 : k0 + k_step].T, m),
                                   torch.bfloat16, qn.device)
@@ -434,25 +438,15 @@ def _l2_candidates_bf16(queries, keys, qq, kk, m, chunk):
     q32 = queries.to(torch.float32)
     qb, kb = q32.to(torch.bfloat16), keys.to(torch.float32).to(torch.bfloat16)
     g = _accumulation(dim, F32_EPS)
-    def norms(x, xb):
-        step = _row_block(dim)
-        out = torch.empty([x.shape[0], 3], dtype=torch.float64, device=x.device)
-        for j in range(0, x.shape[0], step):
-            exact = x[j : j + step].to(torch.float64)
-            wide = xb[j : j + step].to(torch.float64)
-            out[j : j + step] = torch.stack([exact.norm(dim=1), wide.norm(dim=1), (wide - exact).norm(dim=1)], dim=1)
-        return out * (1 + 1e-9)
-    x_norm, xb_norm, dx = norms(keys, kb).max(dim=0).values.tolist()
-    q_norm, qb_norm, dq = norms(queries, qb).unbind(1)
+    x_norm, xb_norm, dx = _bf16_norms(keys, kb).max(dim=0).values.tolist()
+    q_norm, qb_norm, dq = _bf16_norms(queries, qb).unbind(1)
     t_max = qb_norm * xb_norm * (1 + g)
     kk32 = kk.to(torch.float32).to(queries.device)
     kk_max = float(kk.max())
     err = 2 * (dq * xb_norm + q_norm * dx + g * qb_norm * xb_norm) + 2 * t_max * (2.0**-9 / (1 - 2.0**-9))
     # float32 rounding of |x|^2 and of the subtraction (each within 2^-23 of its operands' magnitudes).
     err = (err + 4 * F32_EPS * (2 * t_max * (1 + 2.0**-8) + kk_max)) * (1 + 1e-6) + 1e-9
-    chunk = max(int(chunk), 1)
-    q_step = max(1, min(chunk // 2, n))
-    k_step = max(chunk, 4 * chunk * chunk // q_step)
+    q_step, k_step = _bf16_steps(chunk, n)
     def block_topk(q0, k0):
         scores = (qb[q0 : q0 + q_step] @ kb[k0 : k0 + k_step].T).to(torch.float32)
         return _block_topk(scores.mul_(2).sub_(kk32[None, k0 : k0 + k_step]), m)
@@ -479,8 +473,8 @@ def l2_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast=False)
     eps = torch.finfo(queries.dtype).eps / 2
     qq = squared_norms(queries)
     kk = squared_norms(keys)
-    if backend != 'faiss' and queries.device.type == 'cpu' and num_keys > k + RERANK_EXTRA and _use_bf16(fast, n, num_keys, dim):
-        m = min(num_keys, k + RERANK_EXTRA)
+    m = min(num_keys, k + RERANK_EXTRA)
+    if backend != 'faiss' and queries.device.type == 'cpu' and num_keys > m and _use_bf16(fast, n, num_keys, dim):
         i, lower = _l2_candidates_bf16(queries, keys, qq, kk, m, chunk)
         rows = torch.arange(n, device=queries.device).repeat_interleave(m)
         d2 = _pair_sq_distances(queries, keys, rows, i.reshape(-1).to(keys.device)).view(n, m)
@@ -491,7 +485,6 @@ def l2_topk(queries, keys, k=2, chunk=DEFAULT_CHUNK, backend='auto', fast=False)
             again = _pair_sq_distances(queries, keys, open_rows.repeat_interleave(k), j.reshape(-1).to(keys.device))
             values[open_rows], indices[open_rows] = again.view(-1, k), j
         return values.sqrt().to(queries.dtype), indices
-    m = min(num_keys, k + RERANK_EXTRA)
     b_max = float(kk.max().sqrt()) * (1 + 1e-12)
     if _use_faiss(backend, num_keys, queries.device):
         faiss = _faiss()
